@@ -1,0 +1,84 @@
+"""The proposed network (backbone → MS-RFE → AHR → GAP/FC) and the CAM teacher."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from crackloc.config import ModelConfig
+from crackloc.models.backbone import Backbone
+from crackloc.models.base import LocalizationModel
+from crackloc.models.fusion import MultiScaleFusion
+from crackloc.models.refine import AdaptiveHeatmapRefinement, class_activation_map, normalize_heatmap
+from crackloc.models.registry import register
+
+
+class CrackLocNet(LocalizationModel):
+    """Backbone scales → fusion (none/concat/attention) → optional AHR → GAP → FC(C→1).
+
+    With `fusion='none', ahr=False` and the deepest scale only, this is plain CAM.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        backbone = Backbone(cfg.backbone, scales=cfg.scales, output_stride=cfg.output_stride,
+                            pretrained=cfg.pretrained)
+        super().__init__(mean=backbone.mean, std=backbone.std)
+        self.cfg = cfg
+        self.backbone = backbone
+        self.fusion = MultiScaleFusion(backbone.channels, mode=cfg.fusion, out_channels=cfg.fused_channels,
+                                       reduction=cfg.se_reduction)
+        channels = self.fusion.out_channels
+        self.ahr = (AdaptiveHeatmapRefinement(channels, percentile=cfg.ahr_percentile, norm=cfg.heatmap_norm)
+                    if cfg.ahr else None)
+        self.fc = nn.Linear(channels, 1)
+        self.uses_pseudo_masks = cfg.name == "crackloc"
+
+    def forward_lowres(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.fusion(self.backbone(self.normalize(x)))  # [B,C,h,w]
+        if self.ahr is not None:
+            feats = self.ahr.attend(feats)  # [B,C,h,w]
+        logits = self.fc(feats.mean(dim=(2, 3))).squeeze(1)  # [B]
+        cam = class_activation_map(feats, self.fc)  # [B,1,h,w]
+        if self.ahr is not None:
+            return logits, self.ahr.refine(cam)
+        return logits, normalize_heatmap(cam, mode=self.cfg.heatmap_norm)
+
+    @torch.no_grad()
+    def raw_cam(self, x: torch.Tensor) -> torch.Tensor:
+        """Un-normalised CAM on the model grid, for pseudo masks: [B,3,H,W] → [B,1,h,w]."""
+        feats = self.fusion(self.backbone(self.normalize(x)))
+        if self.ahr is not None:
+            feats = self.ahr.attend(feats)
+        return class_activation_map(feats, self.fc).float()
+
+
+@register("crackloc")
+def build_crackloc(cfg: ModelConfig) -> CrackLocNet:
+    """The proposed model: multi-scale fusion + AHR, trained with teacher pseudo masks."""
+    return CrackLocNet(cfg)
+
+
+@register("resnet18_cam")
+def build_resnet18_cam(cfg: ModelConfig) -> CrackLocNet:
+    """The teacher / ResNet-18+CAM baseline: deepest stage only, GAP, FC, plain CAM."""
+    deepest = {"resnet18": "layer4", "lite0": "blocks4"}[cfg.backbone]
+    return CrackLocNet(dataclasses.replace(cfg, scales=[deepest], fusion="none", ahr=False))
+
+
+def ablation_config(base: ModelConfig, variant: str) -> ModelConfig:
+    """Config of one Table II row, from the proposed model's config."""
+    rows = {
+        "single_scale": dict(fusion="none", ahr=False),
+        "msrfe_concat": dict(fusion="concat", ahr=False),
+        "msrfe_attention": dict(fusion="attention", ahr=False),
+        "ahr": dict(fusion="none", ahr=True),
+        "full_concat": dict(fusion="concat", ahr=True),
+        "full_attention": dict(fusion="attention", ahr=True),
+    }
+    over = rows[variant]
+    scales = base.scales
+    if over["fusion"] == "none":
+        scales = [(scales or {"resnet18": ["layer4"], "lite0": ["blocks4"]}[base.backbone])[-1]]
+    return dataclasses.replace(base, scales=scales, **over)

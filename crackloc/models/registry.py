@@ -1,0 +1,44 @@
+"""A small model registry: `@register("name")` on a builder, `build_model(cfg)` to make one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from crackloc.config import ModelConfig
+from crackloc.errors import CracklocError
+
+_REGISTRY: dict[str, Callable[[ModelConfig], nn.Module]] = {}
+
+
+def register(name: str) -> Callable:
+    """Decorator that registers a builder `fn(cfg: ModelConfig) -> LocalizationModel`."""
+
+    def deco(fn: Callable[[ModelConfig], nn.Module]) -> Callable[[ModelConfig], nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def available_models() -> list[str]:
+    """Registered model names, sorted."""
+    _import_all()
+    return sorted(_REGISTRY)
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """Build the registered model `cfg.name` from its config."""
+    _import_all()
+    if cfg.name not in _REGISTRY:
+        raise CracklocError(f"unknown model {cfg.name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[cfg.name](cfg)
+
+
+def _import_all() -> None:
+    """Import modules whose import registers models (kept lazy to avoid import cycles)."""
+    import crackloc.models.baselines  # noqa: F401
+    import crackloc.models.net  # noqa: F401
