@@ -26,7 +26,8 @@ class ModelConfig:
     backbone: str = "resnet18"  # resnet18 | lite0
     pretrained: str = "auto"  # auto (cached torchvision/timm file if any) | none | PATH
     scales: list[str] | None = None  # backbone stages fused by MS-RFE; None = backbone default
-    output_stride: int = 16  # 8 | 16 | 32 (stride of the deepest scale)
+    output_stride: int = 32  # 8 | 16 | 32: stride of the deepest backbone stage (16 = DESIGN's literal reading)
+    fusion_stride: int = 16  # MS-RFE fuses on this grid: 14×14 at 224 px (layer4 upsampled, layer2 pooled)
     fusion: str = "attention"  # none (deepest scale only) | concat | attention (SE)
     fused_channels: int = 512
     se_reduction: int = 16
@@ -90,7 +91,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "preset": ("paper", "quick", "tiny"),
 }
 RANGES: dict[str, tuple[float, float]] = {
-    "output_stride": (8, 32), "ahr_percentile": (0, 100), "pseudo_percentile": (0, 100),
+    "output_stride": (8, 32), "fusion_stride": (4, 32), "ahr_percentile": (0, 100), "pseudo_percentile": (0, 100),
     "lr": (0, 1), "weight_decay": (0, 1), "lambda_l1": (0, 100), "batch_size": (1, 4096),
     "epochs": (0, 10_000), "teacher_epochs": (0, 10_000), "patience": (1, 10_000),
     "image_size": (32, 4096), "se_reduction": (1, 512), "fused_channels": (1, 8192),

@@ -135,4 +135,4 @@ def list_images(folder: str | Path) -> list[Path]:
 
 def rgb_to_tensor(arr: np.ndarray) -> torch.Tensor:
     """uint8 HxWx3 → uint8 tensor [3,H,W]."""
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.array(arr, dtype=np.uint8, order="C")).permute(2, 0, 1).contiguous()

@@ -71,3 +71,15 @@ def make_crack_set(n: int, *, size: int = 64, seed: int = 0, width: float = 1.5
         labels.append(float(i % 2 == 0))
         masks.append(mask)
     return torch.stack(imgs), torch.tensor(labels), torch.stack(masks)
+
+
+def write_crack_folder(root, n: int = 40, *, size: int = 64, seed: int = 0) -> None:
+    """Write n fixtures as PNGs into root/Positive and root/Negative (for CLI tests and demos)."""
+    from pathlib import Path
+
+    from crackloc.io import save_png
+
+    images, labels, _ = make_crack_set(n, size=size, seed=seed)
+    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+        sub = "Positive" if label > 0.5 else "Negative"
+        save_png(Path(root) / sub / f"{i:05d}.png", img.permute(1, 2, 0).numpy())

@@ -32,7 +32,7 @@ class SqueezeExcite(nn.Module):
 
 
 class MultiScaleFusion(nn.Module):
-    """Fuse backbone maps on the grid of the deepest one.
+    """Fuse backbone maps on one grid (input size / fusion stride; 14×14 at 224 px).
 
     `mode='none'` passes the deepest map through (single-scale ablation); `concat` is
     resize → concat → Conv1x1 → BN → ReLU; `attention` adds squeeze-and-excitation.
@@ -53,10 +53,9 @@ class MultiScaleFusion(nn.Module):
         self.se = SqueezeExcite(out_channels, reduction=reduction) if mode == "attention" else nn.Identity()
         self.out_channels = out_channels
 
-    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        """[F_s [B,C_s,h_s,w_s]] → F_fused [B,C_out,h,w] with (h,w) of the last map."""
+    def forward(self, feats: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """[F_s [B,C_s,h_s,w_s]] → F_fused [B,C_out,*size] (`none`: the deepest map as it is)."""
         if self.mode == "none":
             return feats[-1]
-        size = tuple(feats[-1].shape[-2:])
         x = torch.cat([resize_to(f, size) for f in feats], dim=1)  # [B,ΣC_s,h,w]
         return self.se(self.project(x))  # [B,C_out,h,w]

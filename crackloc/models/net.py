@@ -11,7 +11,11 @@ from crackloc.config import ModelConfig
 from crackloc.models.backbone import Backbone
 from crackloc.models.base import LocalizationModel
 from crackloc.models.fusion import MultiScaleFusion
-from crackloc.models.refine import AdaptiveHeatmapRefinement, class_activation_map, normalize_heatmap
+from crackloc.models.refine import (
+    AdaptiveHeatmapRefinement,
+    class_activation_map,
+    normalize_heatmap,
+)
 from crackloc.models.registry import register
 
 
@@ -35,8 +39,13 @@ class CrackLocNet(LocalizationModel):
         self.fc = nn.Linear(channels, 1)
         self.uses_pseudo_masks = cfg.name == "crackloc"
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B,3,H,W] in [0,1] → fused features [B,C,h,w] (h = ⌈H / fusion_stride⌉)."""
+        size = (-(-x.shape[-2] // self.cfg.fusion_stride), -(-x.shape[-1] // self.cfg.fusion_stride))
+        return self.fusion(self.backbone(self.normalize(x)), size)
+
     def forward_lowres(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feats = self.fusion(self.backbone(self.normalize(x)))  # [B,C,h,w]
+        feats = self.features(x)  # [B,C,h,w]
         if self.ahr is not None:
             feats = self.ahr.attend(feats)  # [B,C,h,w]
         logits = self.fc(feats.mean(dim=(2, 3))).squeeze(1)  # [B]
@@ -48,7 +57,7 @@ class CrackLocNet(LocalizationModel):
     @torch.no_grad()
     def raw_cam(self, x: torch.Tensor) -> torch.Tensor:
         """Un-normalised CAM on the model grid, for pseudo masks: [B,3,H,W] → [B,1,h,w]."""
-        feats = self.fusion(self.backbone(self.normalize(x)))
+        feats = self.features(x)
         if self.ahr is not None:
             feats = self.ahr.attend(feats)
         return class_activation_map(feats, self.fc).float()

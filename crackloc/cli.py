@@ -1,0 +1,172 @@
+"""`crackloc` command line: split, train, evaluate, predict, demo, and more.
+
+Every subcommand turns a user error into one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+from crackloc.errors import CracklocError
+
+COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
+
+
+def command(name: str, help_text: str) -> Callable:
+    """Register `fn(parser)` that adds a subcommand's arguments and sets `func`."""
+    def deco(fn: Callable[[argparse.ArgumentParser], None]) -> Callable:
+        fn.help_text = help_text  # type: ignore[attr-defined]
+        COMMANDS[name] = fn
+        return fn
+    return deco
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model (override the preset)")
+    g.add_argument("--model", dest="model.name", help="registry name (default: crackloc, the proposed model)")
+    g.add_argument("--backbone", dest="model.backbone", choices=["resnet18", "lite0"],
+                   help="resnet18 (paper) or lite0 (EfficientNet-Lite0, ImageNet weights available offline)")
+    g.add_argument("--pretrained", help="ImageNet weights: 'auto' (torch hub cache), 'none', or a file path")
+    g.add_argument("--fusion", dest="model.fusion", choices=["none", "concat", "attention"])
+    g.add_argument("--no-ahr", dest="model.ahr", action="store_const", const=False, help="disable AHR")
+    g.add_argument("--heatmap-norm", dest="model.heatmap_norm", choices=["max", "sigmoid"])
+
+
+@command("split", "group duplicates and write a leak-free 70/15/15 split manifest (CSV)")
+def _split_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="folder with Positive/ and Negative/ sub-folders")
+    p.add_argument("--positive-dir", help="folder of crack images (instead of --data)")
+    p.add_argument("--negative-dir", help="folder of crack-free images (instead of --data)")
+    p.add_argument("--out", required=True, help="manifest CSV to write")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-distance", type=int, default=4,
+                   help="perceptual-hash Hamming distance that counts as a near duplicate (default 4)")
+    p.set_defaults(func=_run_split)
+
+
+def _run_split(a: argparse.Namespace) -> int:
+    from crackloc.data.folders import scan_labelled
+    from crackloc.data.split import check_manifest, make_manifest, write_manifest
+    from crackloc.io import write_json
+
+    root, items = scan_labelled(a.data, positive_dir=a.positive_dir, negative_dir=a.negative_dir)
+    rows, stats = make_manifest(root, items, seed=a.seed, max_distance=a.max_distance)
+    stats["check"] = check_manifest(rows, max_distance=a.max_distance)
+    out = write_manifest(a.out, rows, root=root)
+    write_json(Path(a.out).with_suffix(".stats.json"), stats)
+    print(f"wrote {out}: {stats['images']} images in {stats['groups']} groups "
+          f"({stats['exact_duplicate_files_merged']} exact duplicates merged, "
+          f"{stats['groups_merged_by_near_duplicates']} merges by near duplicates); "
+          f"check passed: 0 groups across splits")
+    return 0
+
+
+@command("train", "train the CAM teacher, make pseudo masks, train the student, evaluate on test")
+def _train_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="folder with Positive/ and Negative/ (a split is made unless --manifest)")
+    p.add_argument("--manifest", help="split manifest from `crackloc split` (reused as is)")
+    p.add_argument("--preset", default="quick", choices=["quick", "paper", "tiny"],
+                   help="quick: ~15 min on 2 CPU cores; paper: as published; tiny: smoke tests")
+    p.add_argument("--config", help="YAML RunConfig to start from instead of a preset")
+    p.add_argument("--out", required=True, help="run folder to create (RUN)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--seed", dest="train.seed", type=int)
+    p.add_argument("--epochs", dest="train.epochs", type=int)
+    p.add_argument("--teacher-epochs", dest="train.teacher_epochs", type=int)
+    p.add_argument("--batch-size", dest="train.batch_size", type=int)
+    p.add_argument("--lr", dest="train.lr", type=float)
+    p.add_argument("--max-train", dest="data.max_train", type=int, help="cap on training images")
+    p.add_argument("--precision", dest="train.precision", choices=["bf16", "32"])
+    p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation at the end")
+    _add_model_options(p)
+    p.set_defaults(func=_run_train)
+
+
+def _overrides(a: argparse.Namespace) -> dict:
+    over = {k: v for k, v in vars(a).items() if "." in k}
+    if getattr(a, "pretrained", None):
+        over["model.pretrained"] = a.pretrained
+    return over
+
+
+def _run_train(a: argparse.Namespace) -> int:
+    from crackloc.config import apply_overrides, load_config, preset
+    from crackloc.evaluation.evaluate import evaluate_run
+    from crackloc.training.run import train_run
+
+    if not a.resume and not (a.data or a.manifest or a.config):
+        raise CracklocError("give --data DIR or --manifest CSV")
+    cfg = load_config(a.config) if a.config else preset(a.preset)
+    over = _overrides(a)
+    over.update({"data.data": a.data and str(Path(a.data).resolve()),
+                 "data.manifest": a.manifest and str(Path(a.manifest).resolve())})
+    cfg = apply_overrides(cfg, over)
+    model_path = train_run(cfg, a.out, resume=a.resume)
+    print(f"model: {model_path}")
+    if not a.no_eval:
+        m = evaluate_run(a.out)
+        t = m["at_0.5"]
+        print(f"test: AUROC {t['auroc']:.4f}  accuracy {t['accuracy']:.4f}  F1 {t['f1']:.4f}  "
+              f"(n={m['n_test']}; {a.out}/metrics.md)")
+    return 0
+
+
+@command("evaluate", "score a trained model on the test split (metrics.json + metrics.md)")
+def _evaluate_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", help="run folder made by `crackloc train`")
+    p.add_argument("--checkpoint", help="model file (default RUN/model.pt)")
+    p.add_argument("--manifest", help="split manifest (needed with --checkpoint alone)")
+    p.add_argument("--out", help="folder for metrics.json/metrics.md (default: the run folder)")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(a: argparse.Namespace) -> int:
+    from crackloc.evaluation.evaluate import evaluate_run
+
+    m = evaluate_run(a.run, checkpoint=a.checkpoint, manifest=a.manifest, out=a.out)
+    for key in ("at_0.5", "at_val_threshold"):
+        t = m[key]
+        print(f"{key}: AUROC {t['auroc']:.4f}  accuracy {t['accuracy']:.4f}  precision {t['precision']:.4f}  "
+              f"recall {t['recall']:.4f}  F1 {t['f1']:.4f}  (threshold {t['threshold']:.3f})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one sub-parser per registered command."""
+    import crackloc.cli_predict  # noqa: F401  (registers predict, demo, ...)
+
+    parser = argparse.ArgumentParser(
+        prog="crackloc",
+        description="Weakly supervised concrete crack localization: a crack probability and a pixel "
+                    "heatmap from a model trained with image-level labels only.",
+        epilog="Run `crackloc COMMAND --help` for the options of a command.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, fn in COMMANDS.items():
+        fn(sub.add_parser(name, help=fn.help_text, description=fn.help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `crackloc` console script."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
+            return int(args.func(args) or 0)
+    except CracklocError as exc:
+        print(f"crackloc {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"crackloc {args.command}: interrupted (a training run continues with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Prediction-side subcommands: predict, demo, export, evaluate-localization."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from crackloc.cli import command
+from crackloc.errors import CracklocError
+
+
+def _add_inference_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="model file (default: the model bundled with crackloc)")
+    g = p.add_argument_group("large images (tiled inference)")
+    g.add_argument("--tile", type=int, default=224, help="window size in model pixels (default 224)")
+    g.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction (default 0.25)")
+    g.add_argument("--scale", type=float, default=1.0,
+                   help="resize the photo by this factor before tiling (cracks should look as wide as in "
+                        "the 227 px training patches; default 1.0)")
+    g.add_argument("--gate", action="store_true", help="weight each window's map by its crack probability")
+    g.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (bounds memory)")
+    g.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="torch or ONNX Runtime")
+    g.add_argument("--precision", choices=["bf16", "32"], default="bf16",
+                   help="bf16 autocast + channels_last (default, ~2x faster on CPU) or fp32")
+
+
+def _predictor(a: argparse.Namespace):
+    from crackloc.inference.predictor import Predictor
+
+    if a.tile < 32 or not 0 <= a.overlap < 1 or a.scale <= 0 or a.batch_size < 1:
+        raise CracklocError("need --tile ≥ 32, 0 ≤ --overlap < 1, --scale > 0, --batch-size ≥ 1")
+    return Predictor(a.checkpoint, backend=a.backend, tile=a.tile, overlap=a.overlap, scale=a.scale,
+                     gate=a.gate, batch_size=a.batch_size, precision=a.precision)
+
+
+def _summarize(report, out: Path) -> int:
+    n_crack = sum(r["crack"] for r in report.records)
+    print(f"{len(report.records)} image(s) done ({n_crack} with a crack) → {out}/predictions.jsonl")
+    for path, why in report.failed:
+        print(f"  failed: {path}: {why}", file=sys.stderr)
+    if report.failed:
+        print(f"{len(report.failed)} input(s) failed (listed in {out}/failed.jsonl)", file=sys.stderr)
+        return 1
+    return 0
+
+
+@command("predict", "crack probability, heatmap PNG, overlay PNG and a JSON line for each image")
+def _predict_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--geometry", action="store_true", help="measure each crack (length, width, orientation)")
+    p.add_argument("--mm-per-px", type=float, help="image scale, to report geometry in millimetres too")
+    p.add_argument("--max-pixels", type=int, help="refuse images above this many pixels (default 100 MP)")
+    _add_inference_options(p)
+    p.set_defaults(func=_run_predict)
+
+
+def _run_predict(a: argparse.Namespace) -> int:
+    from crackloc.inference.batch import predict_files
+
+    if a.mm_per_px is not None and a.mm_per_px <= 0:
+        raise CracklocError("--mm-per-px must be positive")
+    report = predict_files(_predictor(a), a.inputs, a.out, geometry=a.geometry or a.mm_per_px is not None,
+                           mm_per_px=a.mm_per_px, max_pixels=a.max_pixels)
+    return _summarize(report, Path(a.out))
+
+
+@command("demo", "the README's main job: train on the bundled sample, then map cracks in the sample photo")
+def _demo_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
+    p.add_argument("--skip-train", action="store_true", help="only predict with the bundled model")
+    p.add_argument("--epochs", type=int, default=4, help="student epochs on the sample (default 4)")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(a: argparse.Namespace) -> int:
+    import shutil
+
+    from crackloc.config import preset
+    from crackloc.evaluation.evaluate import evaluate_run
+    from crackloc.inference.batch import predict_files
+    from crackloc.inference.predictor import ASSETS, BUNDLED_MODEL, Predictor
+    from crackloc.training.run import train_run
+
+    out = Path(a.out)
+    photo = ASSETS / "sample_photo.jpg"
+    if not a.skip_train:
+        run = out / "run"
+        if (run / "config.yaml").is_file():
+            shutil.rmtree(run)
+        cfg = preset("tiny", **{"data.data": str(ASSETS / "sample"), "model.pretrained": "none",
+                                "train.epochs": a.epochs})
+        print("1/3 training the teacher and the proposed model on the 200 bundled patches (tiny preset)")
+        train_run(cfg, run)
+        m = evaluate_run(run)["at_0.5"]
+        print(f"    test split of the sample: AUROC {m['auroc']:.3f}, accuracy {m['accuracy']:.3f} "
+              f"(tiny data, random init: expect modest numbers) → {run}/metrics.md")
+        print("2/3 mapping the sample photo with the model just trained")
+        predict_files(Predictor(run / "model.pt", tile=112), [photo], out / "own_model", progress=False)
+    if BUNDLED_MODEL.is_file():
+        print("3/3 mapping the sample photo with the bundled model (trained on 11k Özgenel patches)")
+        report = predict_files(Predictor(), [photo], out / "bundled_model", geometry=True, progress=False)
+        rec = report.records[0]
+        print(f"    crack probability {rec['crack_probability']:.3f}, {rec['geometry']['count']} cracks, "
+              f"overlay: {out / 'bundled_model' / rec['overlay_png']}")
+    else:
+        print("3/3 skipped: this installation has no bundled model")
+    return 0
+
+
+@command("evaluate-localization", "score full-resolution heatmaps against human pixel masks (PxAP, F1, IoU)")
+def _evaluate_loc_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, help="folder with images/ and masks/ (same file stems)")
+    p.add_argument("--out", required=True, help="output folder (metrics.json, pr_curve.png, overlays.png)")
+    p.add_argument("--dev-fraction", type=float, default=0.25,
+                   help="share of images used only to choose the map threshold (default 0.25)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the dev/test partition (default 0)")
+    p.add_argument("--tolerance", type=int, default=2,
+                   help="px distance at which a predicted crack pixel still counts (default 2; 0 = exact)")
+    p.add_argument("--max-images", type=int, help="score a seeded subset of this many images")
+    _add_inference_options(p)
+    p.set_defaults(func=_run_evaluate_loc)
+
+
+def _run_evaluate_loc(a: argparse.Namespace) -> int:
+    import torch
+
+    from crackloc.evaluation.localize_run import evaluate_localization
+
+    pred = _predictor(a)
+    amp = torch.bfloat16 if a.precision == "bf16" and a.backend == "torch" else None
+    m = evaluate_localization(pred.model, a.data, a.out, tile=a.tile, overlap=a.overlap, scale=a.scale,
+                              gate=a.gate, dev_fraction=a.dev_fraction, seed=a.seed, tolerance=a.tolerance,
+                              batch_size=a.batch_size, max_images=a.max_images,
+                              amp_dtype=amp)
+    print(f"PxAP {m['pxap']:.4f}  F1 {m['f1']:.4f}  IoU {m['iou']:.4f}  (threshold {m['threshold']:.3f} "
+          f"chosen on {m['n_dev']} dev images, scored on {m['n_test']}; ODS F1 {m['ods_f1']:.4f}, "
+          f"OIS F1 {m['ois_f1']:.4f}) → {a.out}/metrics.json")
+    if m.get("failed"):
+        print(f"{len(m['failed'])} image(s) failed, listed in metrics.json", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,98 @@
+"""Decode a split once into memory (uint8), then serve batches with flips/rotations.
+
+JPEG decoding is the slow part on a CPU, so each split is decoded once per run, resized to
+the model input size, and kept as a uint8 tensor; normalisation happens inside the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from crackloc.data.split import Row
+from crackloc.errors import CracklocError
+from crackloc.io import load_rgb, rgb_to_tensor
+
+
+@dataclass
+class DecodedSplit:
+    """Images of one split: uint8 [N,3,S,S], labels float [N], their manifest paths, failures."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    paths: list[str]
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def resize_uint8(img: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [3,H,W] → uint8 [3,size,size] (bilinear, antialiased)."""
+    if img.shape[-2:] == (size, size):
+        return img
+    x = F.interpolate(img[None].float(), size=(size, size), mode="bilinear", antialias=True,
+                      align_corners=False)
+    return x[0].round().clamp(0, 255).to(torch.uint8)
+
+
+def stratified_subset(rows: list[Row], limit: int | None, *, seed: int) -> list[Row]:
+    """At most `limit` rows keeping the class balance (deterministic for a seed)."""
+    if limit is None or limit >= len(rows):
+        return rows
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for cls in (0, 1):
+        part = [r for r in rows if r.label == cls]
+        share = round(limit * len(part) / len(rows))
+        out += [part[i] for i in torch.randperm(len(part), generator=gen)[:share].tolist()]
+    return sorted(out, key=lambda r: r.path)
+
+
+def decode_rows(root: Path, rows: list[Row], *, size: int, desc: str = "decoding",
+                progress: bool = True) -> DecodedSplit:
+    """Decode and resize the images of `rows`; unreadable files are listed in `failed`."""
+    images, labels, paths, failed = [], [], [], []
+    for r in tqdm(rows, desc=desc, disable=not progress, unit="img", leave=False):
+        try:
+            img = rgb_to_tensor(load_rgb(root / r.path))
+        except CracklocError as exc:
+            failed.append((r.path, str(exc)))
+            continue
+        images.append(resize_uint8(img, size))
+        labels.append(float(r.label))
+        paths.append(r.path)
+    if not images:
+        raise CracklocError(f"{desc}: no readable images ({len(failed)} failed)")
+    return DecodedSplit(torch.stack(images), torch.tensor(labels), paths, failed)
+
+
+def augment(*maps: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """One random flip + 90° rotation applied alike to image and mask batches [B,C,h,w].
+
+    Cracks have no up or down, so these keep the label and move the pseudo mask with the image.
+    """
+    k = int(torch.randint(0, 4, (1,)))
+    flip = bool(torch.randint(0, 2, (1,)))
+    out = []
+    for m in maps:
+        m = torch.rot90(m, k, dims=(2, 3)) if m.dim() == 4 else m
+        out.append(m.flip(3) if flip and m.dim() == 4 else m)
+    return tuple(out)
+
+
+class PatchDataset(Dataset):
+    """Indexable view: (image uint8 [3,S,S], label float, pseudo mask float [1,h,w] or empty)."""
+
+    def __init__(self, split: DecodedSplit, pseudo: torch.Tensor | None = None) -> None:
+        self.split = split
+        self.pseudo = pseudo
+
+    def __len__(self) -> int:
+        return len(self.split.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        p = self.pseudo[i].float() if self.pseudo is not None else torch.zeros(0)
+        return self.split.images[i], self.split.labels[i], p

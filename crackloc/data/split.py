@@ -1,0 +1,209 @@
+"""Grouped, stratified train/val/test split that keeps duplicates together.
+
+Exact duplicates (same SHA-256) and near duplicates (perceptual-hash Hamming distance ≤ d)
+are merged into groups with union-find; whole groups are assigned to splits, per class,
+to hit 70/15/15. The result is a CSV manifest every later command reuses, and
+`check_manifest` proves no group, byte-identical file or near duplicate crosses splits.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import imagehash
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from crackloc.data.folders import LabelledImage
+from crackloc.errors import CracklocError
+from crackloc.io import atomic_write
+
+SPLITS = ("train", "val", "test")
+FIELDS = ("path", "label", "split", "group", "sha256", "phash")
+
+
+@dataclass
+class Row:
+    """One manifest row; `path` is relative to the data root."""
+
+    path: str
+    label: int
+    split: str
+    group: int
+    sha256: str
+    phash: str
+
+
+def hash_file(path: Path) -> tuple[str, str]:
+    """(sha256 hex of the bytes, 64-bit perceptual hash hex of the decoded image)."""
+    data = path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    with Image.open(io.BytesIO(data)) as img:
+        ph = str(imagehash.phash(img.convert("L")))
+    return sha, ph
+
+
+def _hamming_pairs(hashes: list[str], max_distance: int, chunk: int = 2048) -> list[tuple[int, int]]:
+    """Index pairs (i<j) whose 64-bit hashes differ in ≤ max_distance bits."""
+    h = np.array([int(x, 16) for x in hashes], dtype=np.uint64)
+    pairs = []
+    for start in range(0, len(h), chunk):
+        block = h[start:start + chunk]
+        dist = np.bitwise_count(block[:, None] ^ h[None, :])  # [chunk, N]
+        ii, jj = np.nonzero(dist <= max_distance)
+        ii = ii + start
+        keep = ii < jj
+        pairs.extend(zip(ii[keep].tolist(), jj[keep].tolist(), strict=True))
+    return pairs
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def union(self, i: int, j: int) -> None:
+        ri, rj = self.find(i), self.find(j)
+        if ri != rj:
+            self.parent[max(ri, rj)] = min(ri, rj)
+
+
+def group_duplicates(shas: list[str], phashes: list[str], *, max_distance: int) -> tuple[list[int], dict]:
+    """Group ids (0..G-1) merging exact and near duplicates, and merge statistics."""
+    uf = _UnionFind(len(shas))
+    first: dict[str, int] = {}
+    exact = 0
+    for i, s in enumerate(shas):
+        if s in first:
+            uf.union(first[s], i)
+            exact += 1
+        else:
+            first[s] = i
+    before = len({uf.find(i) for i in range(len(shas))})
+    near = _hamming_pairs(phashes, max_distance) if max_distance >= 0 else []
+    for i, j in near:
+        uf.union(i, j)
+    roots = [uf.find(i) for i in range(len(shas))]
+    ids = {r: k for k, r in enumerate(dict.fromkeys(roots))}
+    groups = [ids[r] for r in roots]
+    sizes = Counter(groups)
+    stats = {
+        "images": len(shas), "groups": len(ids), "exact_duplicate_files_merged": exact,
+        "near_duplicate_pairs": len(near), "groups_merged_by_near_duplicates": before - len(ids),
+        "multi_image_groups": sum(1 for c in sizes.values() if c > 1),
+        "images_in_multi_image_groups": sum(c for c in sizes.values() if c > 1),
+        "largest_group": max(sizes.values()), "phash_max_distance": max_distance,
+    }
+    return groups, stats
+
+
+def assign_splits(labels: list[int], groups: list[int], *, fractions=(0.7, 0.15, 0.15),
+                  seed: int = 0) -> list[str]:
+    """Whole groups to splits, per class (group majority label), largest groups first.
+
+    Each group goes to the split furthest below its target share of that class.
+    """
+    members: dict[int, list[int]] = defaultdict(list)
+    for i, g in enumerate(groups):
+        members[g].append(i)
+    by_class: dict[int, list[int]] = defaultdict(list)
+    for g, idx in members.items():
+        by_class[round(sum(labels[i] for i in idx) / len(idx))].append(g)
+    gen = torch.Generator().manual_seed(seed)
+    out = [""] * len(labels)
+    for cls in sorted(by_class):
+        gs = by_class[cls]
+        order = torch.randperm(len(gs), generator=gen).tolist()
+        gs = sorted((gs[k] for k in order), key=lambda g: -len(members[g]))  # stable: ties stay random
+        total = sum(len(members[g]) for g in gs)
+        filled = [0, 0, 0]
+        for g in gs:
+            deficit = [fractions[s] * total - filled[s] for s in range(3)]
+            s = max(range(3), key=lambda k: deficit[k])
+            filled[s] += len(members[g])
+            for i in members[g]:
+                out[i] = SPLITS[s]
+    return out
+
+
+def make_manifest(root: Path, items: list[LabelledImage], *, seed: int = 0, max_distance: int = 4,
+                  fractions=(0.7, 0.15, 0.15), progress: bool = True) -> tuple[list[Row], dict]:
+    """Hash, group and split `items`; returns manifest rows and grouping statistics."""
+    hashes = [hash_file(it.path) for it in tqdm(items, desc="hashing", disable=not progress, unit="img")]
+    shas, phs = [h[0] for h in hashes], [h[1] for h in hashes]
+    groups, stats = group_duplicates(shas, phs, max_distance=max_distance)
+    labels = [it.label for it in items]
+    splits = assign_splits(labels, groups, fractions=fractions, seed=seed)
+    rows = [Row(str(it.path.relative_to(root)), it.label, sp, g, s, p)
+            for it, sp, g, s, p in zip(items, splits, groups, shas, phs, strict=True)]
+    stats["split_counts"] = {sp: {"positive": sum(r.label for r in rows if r.split == sp),
+                                  "negative": sum(1 - r.label for r in rows if r.split == sp)}
+                             for sp in SPLITS}
+    return rows, stats
+
+
+def write_manifest(path: str | Path, rows: list[Row], *, root: Path) -> Path:
+    """Write the manifest CSV (first line: `# root=<data root>`)."""
+    def writer(f) -> None:
+        f.write(f"# root={root}\n")
+        w = csv.writer(f)
+        w.writerow(FIELDS)
+        for r in rows:
+            w.writerow([r.path, r.label, r.split, r.group, r.sha256, r.phash])
+    return atomic_write(path, writer, binary=False)
+
+
+def read_manifest(path: str | Path) -> tuple[Path, list[Row]]:
+    """Read a manifest written by `write_manifest`: (data root, rows)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CracklocError(f"{path}: no such manifest (make one with `crackloc split`)")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines or not lines[0].startswith("# root="):
+        raise CracklocError(f"{path}: not a crackloc split manifest")
+    root = Path(lines[0][len("# root="):])
+    reader = csv.DictReader(lines[1:])
+    if tuple(reader.fieldnames or ()) != FIELDS:
+        raise CracklocError(f"{path}: manifest columns must be {','.join(FIELDS)}")
+    try:
+        rows = [Row(r["path"], int(r["label"]), r["split"], int(r["group"]), r["sha256"], r["phash"])
+                for r in reader]
+    except (ValueError, TypeError) as exc:
+        raise CracklocError(f"{path}: malformed manifest row ({exc})") from None
+    bad = {r.split for r in rows} - set(SPLITS)
+    if bad:
+        raise CracklocError(f"{path}: unknown split names {sorted(bad)}")
+    return root, rows
+
+
+def check_manifest(rows: list[Row], *, max_distance: int = 4) -> dict:
+    """Fail loudly if any group, identical file or near duplicate spans two splits.
+
+    Returns counts proving the check ran; raises CracklocError naming the first leak.
+    """
+    for key, what in ((lambda r: r.group, "group"), (lambda r: r.sha256, "identical file")):
+        seen: dict = {}
+        for r in rows:
+            k = key(r)
+            if seen.setdefault(k, r).split != r.split:
+                raise CracklocError(f"manifest leaks: {what} {seen[k].path} ({seen[k].split}) and "
+                                    f"{r.path} ({r.split})")
+    pairs = _hamming_pairs([r.phash for r in rows], max_distance)
+    for i, j in pairs:
+        if rows[i].split != rows[j].split:
+            raise CracklocError(f"manifest leaks: near duplicates {rows[i].path} ({rows[i].split}) and "
+                                f"{rows[j].path} ({rows[j].split})")
+    return {"rows": len(rows), "groups": len({r.group for r in rows}), "near_duplicate_pairs_checked": len(pairs),
+            "groups_across_splits": 0}

@@ -1,0 +1,227 @@
+"""Score a model's tiled heatmaps against human masks: PxAP, dev-tuned F1/IoU, ODS/OIS.
+
+`evaluate_localization` splits the image stems of an `images/` + `masks/` folder into a DEV
+part (picks the threshold) and a TEST part (is scored at it), deterministically from a seed,
+and writes `partition.json`, `metrics.json`, `pr_curve.png` and `overlays.png`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from crackloc.data.masks import MaskDataset
+from crackloc.errors import CracklocError
+from crackloc.evaluation.localization import (
+    DEFAULT_THRESHOLDS,
+    PxAPEvaluator,
+    ThresholdCurves,
+    ThresholdEvaluator,
+    dev_test_scores,
+    pick_threshold,
+)
+from crackloc.inference.tiling import predict_tiled
+from crackloc.io import save_figure, write_json
+
+OVERLAY_SIDE = 384  # longest side of each overlay panel, px
+
+
+def partition_stems(stems: list[str], *, dev_fraction: float, seed: int,
+                    max_images: int | None = None) -> tuple[list[str], list[str]]:
+    """Deterministic (dev, test) split of `stems` from `seed`; each part sorted, both non-empty.
+
+    With `max_images`, a seeded random subset of that many stems is split.
+    """
+    if not 0.0 < dev_fraction < 1.0:
+        raise CracklocError(f"dev_fraction must be in (0, 1), got {dev_fraction}")
+    order = torch.randperm(len(stems), generator=torch.Generator().manual_seed(seed)).tolist()
+    chosen = [sorted(stems)[i] for i in order][: max_images or len(stems)]
+    if len(chosen) < 2:
+        raise CracklocError(f"need at least 2 images for a dev/test split, got {len(chosen)}")
+    n_dev = min(max(1, round(dev_fraction * len(chosen))), len(chosen) - 1)
+    return sorted(chosen[:n_dev]), sorted(chosen[n_dev:])
+
+
+def _small(x: torch.Tensor, *, binary: bool = False, side: int = OVERLAY_SIDE) -> torch.Tensor:
+    """Shrink [C,H,W] so the longest side is ≤ `side`: → [C,h,w] float.
+
+    Area averaging; max pooling for binary maps so one-pixel cracks stay visible.
+    """
+    h, w = x.shape[-2:]
+    f = min(1.0, side / max(h, w))
+    if f == 1.0:
+        return x.float()
+    size = (max(1, round(h * f)), max(1, round(w * f)))
+    if binary:
+        return F.adaptive_max_pool2d(x[None].float(), size)[0]
+    return F.interpolate(x[None].float(), size=size, mode="area")[0]
+
+
+def _overlay_panels(image: torch.Tensor, heatmap: torch.Tensor, mask: torch.Tensor,
+                    threshold: float) -> list[torch.Tensor]:
+    """One overlay row: image [3,h,w], heatmap [h,w], mask [h,w], prediction [h,w] (small)."""
+    pred = (heatmap >= threshold).float()  # [H,W] at full resolution, then shrunk
+    return [_small(image.float() / 255.0).permute(1, 2, 0), _small(heatmap[None])[0],
+            _small(mask[None], binary=True)[0], _small(pred[None], binary=True)[0]]
+
+
+def _plot_pr(path: Path, curves: ThresholdCurves, threshold: float, pxap: float) -> None:
+    """PR curve of the TEST part with the dev-chosen threshold marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(curves.recall.numpy(), curves.precision.numpy(), lw=1.5, label="test")
+    j = int(torch.argmin((curves.thresholds - threshold).abs()))
+    ax.scatter([float(curves.recall[j])], [float(curves.precision[j])], color="red", zorder=3,
+               label=f"dev threshold {threshold:.3f}")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
+           title=f"test PR, tolerance {curves.tolerance} px (PxAP {pxap:.3f}, exact)")
+    ax.legend(loc="lower left")
+    save_figure(path, fig)
+    plt.close(fig)
+
+
+def _plot_overlays(path: Path, rows: list[tuple[str, list[torch.Tensor]]]) -> None:
+    """Grid: one row per image, columns image | heatmap | mask | thresholded prediction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    titles = ("image", "heatmap", "mask", "prediction")
+    h, w = rows[0][1][1].shape  # heatmap panel [h,w] sets the row height
+    fig, axes = plt.subplots(len(rows), 4, figsize=(12, len(rows) * (3 * h / w + 0.4)),
+                             squeeze=False)
+    for r, (stem, panels) in enumerate(rows):
+        for c, panel in enumerate(panels):
+            ax = axes[r, c]
+            ax.imshow(panel.numpy(), cmap=None if panel.ndim == 3 else ("jet" if c == 1 else "gray"),
+                      vmin=0, vmax=1)
+            ax.set_axis_off()
+            ax.set_title(f"{stem}: {titles[c]}" if c == 0 else titles[c], fontsize=9)
+    save_figure(path, fig)
+    plt.close(fig)
+
+
+def _score_part(model: nn.Module, ds: MaskDataset, stems: list[str],
+                evaluators: list[ThresholdEvaluator | PxAPEvaluator], failed: list[dict[str, str]],
+                bar: tqdm, tiling: dict[str, Any]
+                ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Tile and score each stem; yields (stem, image, heatmap, mask) of the ones that worked."""
+    index = {s: i for i, s in enumerate(ds.stems)}
+    for stem in stems:
+        bar.set_postfix_str(stem)
+        try:
+            _, image, mask = ds[index[stem]]  # [3,H,W] uint8, [H,W] bool
+        except CracklocError as exc:
+            failed.append({"path": str(ds.image_path(stem)), "reason": str(exc)})
+            bar.update(1)
+            continue
+        heatmap = predict_tiled(model, image, **tiling).heatmap  # [H,W]
+        for ev in evaluators:
+            ev.accumulate(heatmap, mask)
+        bar.update(1)
+        yield stem, image, heatmap, mask
+
+
+@dataclass
+class _Scores:
+    """Evaluators filled by `_score_all`, failures, and overlay rows of the first test images."""
+
+    dev: ThresholdEvaluator
+    test: ThresholdEvaluator
+    pxap_test: PxAPEvaluator
+    pxap_all: PxAPEvaluator
+    failed: list[dict[str, str]] = field(default_factory=list)
+    rows: list[tuple[str, list[torch.Tensor]]] = field(default_factory=list)
+
+
+def _score_all(model: nn.Module, ds: MaskDataset, dev_stems: list[str], test_stems: list[str], *,
+               tiling: dict[str, Any], tolerance: int, num_thresholds: int, n_overlays: int,
+               progress: bool) -> _Scores:
+    """Tile and score the DEV images, pick the threshold, then the TEST images."""
+    sc = _Scores(*(ThresholdEvaluator(num_thresholds=num_thresholds, tolerance=tolerance)
+                   for _ in range(2)),
+                 *(PxAPEvaluator(num_thresholds=num_thresholds) for _ in range(2)))
+    with tqdm(total=len(dev_stems) + len(test_stems), desc="localize", disable=not progress) as bar:
+        for _ in _score_part(model, ds, dev_stems, [sc.dev, sc.pxap_all], sc.failed, bar, tiling):
+            pass
+        if int(sc.dev.n_gt) == 0:
+            raise CracklocError(f"{ds.root}: no usable dev image with crack pixels to pick a "
+                                "threshold (see the failed images, or raise dev_fraction)")
+        threshold = pick_threshold(sc.dev.compute())  # known before any test image is tiled
+        evaluators = [sc.test, sc.pxap_test, sc.pxap_all]
+        for stem, image, heatmap, mask in _score_part(model, ds, test_stems, evaluators,
+                                                      sc.failed, bar, tiling):
+            if len(sc.rows) < n_overlays:
+                sc.rows.append((stem, _overlay_panels(image, heatmap, mask, threshold)))
+    if int(sc.test.n_gt) == 0:
+        raise CracklocError(f"{ds.root}: no usable test image with crack pixels to score")
+    return sc
+
+
+def evaluate_localization(model: nn.Module, data_dir: str | Path, out_dir: str | Path, *,
+                          tile: int = 224, overlap: float = 0.25, scale: float = 1.0,
+                          gate: bool = False, dev_fraction: float = 0.25, seed: int = 0,
+                          tolerance: int = 2, batch_size: int = 16,
+                          max_images: int | None = None, n_overlays: int = 6,
+                          progress: bool = True, device: str | torch.device | None = None,
+                          amp_dtype: torch.dtype | None = None,
+                          num_thresholds: int = DEFAULT_THRESHOLDS) -> dict[str, Any]:
+    """Tile every image of `data_dir` (images/ + masks/), score heatmaps, write the report.
+
+    PxAP, F1, IoU, ODS and OIS are reported on the TEST part, F1/IoU at the threshold that
+    maximises F1 on the DEV part; `pxap_all` covers both parts. F1/IoU/ODS/OIS use
+    `tolerance` px, PxAP is exact. Images that fail to load are listed under `failed`.
+
+    Args:
+        model: Follows the model contract; moved nowhere (`device` defaults to its device).
+        data_dir: Folder with `images/` and `masks/`.
+        out_dir: Where partition.json, metrics.json, pr_curve.png and overlays.png go.
+        tile, overlap, scale, gate, batch_size, amp_dtype: Passed to `predict_tiled`.
+        dev_fraction: Share of the images used to pick the threshold.
+        seed: Seed of the dev/test partition (and of the `max_images` subset).
+        tolerance: Matching tolerance in px for F1/IoU/ODS/OIS (0 = exact).
+        max_images: Score a seeded random subset of this many images.
+        n_overlays: Test images shown in overlays.png (0 = no figure).
+        progress: Show a tqdm bar.
+        num_thresholds: Threshold grid size of the evaluators.
+
+    Returns:
+        The metrics dict written to metrics.json.
+    """
+    out_dir = Path(out_dir)
+    ds = MaskDataset(data_dir)
+    dev_stems, test_stems = partition_stems(ds.stems, dev_fraction=dev_fraction, seed=seed,
+                                            max_images=max_images)
+    write_json(out_dir / "partition.json", {"seed": seed, "dev_fraction": dev_fraction,
+                                            "max_images": max_images, "dev": dev_stems,
+                                            "test": test_stems})
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    tiling = {"tile": tile, "overlap": overlap, "scale": scale, "gate": gate,
+              "batch_size": batch_size, "device": device, "amp_dtype": amp_dtype}
+    sc = _score_all(model, ds, dev_stems, test_stems, tiling=tiling, tolerance=tolerance,
+                    num_thresholds=num_thresholds, n_overlays=n_overlays, progress=progress)
+    metrics = {"pxap": sc.pxap_test.compute(), **dev_test_scores(sc.dev, sc.test),
+               "pxap_all": sc.pxap_all.compute(), "n_images": sc.dev.n_images + sc.test.n_images,
+               "n_dev": sc.dev.n_images, "n_test": sc.test.n_images, "tolerance": tolerance,
+               "num_thresholds": num_thresholds, "data_dir": str(data_dir), "tile": tile,
+               "overlap": overlap, "scale": scale, "gate": gate, "dev_fraction": dev_fraction,
+               "seed": seed, "batch_size": batch_size, "max_images": max_images,
+               "failed": sc.failed}
+    write_json(out_dir / "metrics.json", metrics)
+    _plot_pr(out_dir / "pr_curve.png", sc.test.compute(), metrics["threshold"], metrics["pxap"])
+    if sc.rows:
+        _plot_overlays(out_dir / "overlays.png", sc.rows)
+    return metrics

@@ -1,0 +1,65 @@
+"""The crackloc model file: config + state dict, saved with torch.save, read with weights_only=True.
+
+Lightning's own `.ckpt` files (used only to resume training) are never loaded for inference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from crackloc.config import ModelConfig, from_dict
+from crackloc.errors import CracklocError
+from crackloc.io import save_torch
+
+FORMAT = "crackloc-model-v1"
+
+
+def save_model(path: str | Path, model: nn.Module, cfg: ModelConfig, *, half: bool = False,
+               **meta: Any) -> Path:
+    """Write `{format, config, state_dict, meta}`; `half` stores floating tensors as fp16."""
+    sd = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+          for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "config": dataclasses.asdict(cfg), "state_dict": sd, "meta": meta}
+    return save_torch(path, payload)
+
+
+def read_model_file(path: str | Path) -> dict:
+    """Load a model file safely (no code execution); raises CracklocError for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise CracklocError(f"{path}: no such checkpoint")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "disallowed content"
+        raise CracklocError(f"{path}: refused: the checkpoint holds objects other than tensors and "
+                            f"plain data ({first[:160]})") from None
+    except Exception as exc:  # zip/EOF/format errors
+        raise CracklocError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CracklocError(f"{path}: not a crackloc model file (expected format {FORMAT}; "
+                            "Lightning .ckpt files are for --resume only)")
+    return payload
+
+
+def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Build the model a file describes and load its weights: → (model in eval mode, payload)."""
+    from crackloc.models import build_model
+
+    payload = read_model_file(path)
+    cfg = from_dict(ModelConfig, {**payload["config"], "pretrained": "none"})
+    model = build_model(cfg)
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as exc:
+        raise CracklocError(f"{path}: weights do not fit the {cfg.name} model "
+                            f"({str(exc).splitlines()[0]})") from None
+    payload["model_config"] = cfg
+    return model.to(device).eval(), payload

@@ -1,0 +1,61 @@
+"""Fit one model with Lightning: best-by-val-AUROC checkpoint, early stopping, resumable."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from crackloc.config import ModelConfig, TrainConfig
+from crackloc.data.dataset import DecodedSplit, PatchDataset
+from crackloc.training.module import EpochCSV, LitLocalizer
+
+STEP_CHECKPOINT_EVERY = 50  # train steps between "last" checkpoints, so a kill loses little
+
+
+def make_trainer(train_cfg: TrainConfig, ckpt_dir: Path, csv_path: Path, *, epochs: int,
+                 progress: bool) -> L.Trainer:
+    """A Trainer with best/last checkpoints, early stopping on val AUROC and an epoch CSV."""
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_auroc", mode="max",
+                           save_top_k=1, save_weights_only=True, enable_version_counter=False)
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=STEP_CHECKPOINT_EVERY,
+                           save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True)
+    stop = EarlyStopping(monitor="val_auroc", mode="max", patience=train_cfg.patience)
+    return L.Trainer(
+        max_epochs=epochs, accelerator=train_cfg.accelerator, devices=1,
+        precision="bf16-mixed" if train_cfg.precision == "bf16" else "32-true",
+        callbacks=[best, last, stop, EpochCSV(csv_path)], logger=False, enable_progress_bar=progress,
+        enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=10,
+    )
+
+
+def fit_model(model_cfg: ModelConfig, train_cfg: TrainConfig, train: DecodedSplit, val: DecodedSplit, *,
+              ckpt_dir: Path, csv_path: Path, epochs: int, pseudo: torch.Tensor | None = None,
+              progress: bool = True) -> torch.nn.Module:
+    """Train `model_cfg` on `train`, select on `val`; resumes from `ckpt_dir/last.ckpt` if present.
+
+    Returns the best model (by validation AUROC), in eval mode, on the CPU.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    module = LitLocalizer(model_cfg, train_cfg)
+    gen = torch.Generator().manual_seed(train_cfg.seed)
+    train_dl = DataLoader(PatchDataset(train, pseudo), batch_size=train_cfg.batch_size, shuffle=True,
+                          generator=gen, num_workers=train_cfg.num_workers, drop_last=len(train.labels) > train_cfg.batch_size)
+    val_dl = DataLoader(PatchDataset(val), batch_size=max(train_cfg.batch_size, 64), shuffle=False,
+                        num_workers=train_cfg.num_workers)
+    trainer = make_trainer(train_cfg, ckpt_dir, csv_path, epochs=epochs, progress=progress)
+    last = ckpt_dir / "last.ckpt"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
+        trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if last.is_file() else None)
+    best = ckpt_dir / "best.ckpt"
+    if best.is_file():
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+    model = module.model.to("cpu").to(memory_format=torch.contiguous_format)
+    return model.eval()
