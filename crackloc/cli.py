@@ -6,6 +6,7 @@ Every subcommand turns a user error into one line on stderr and a non-zero exit 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import warnings
@@ -24,6 +25,15 @@ def command(name: str, help_text: str) -> Callable:
         COMMANDS[name] = fn
         return fn
     return deco
+
+
+def report_failures(failures: list[tuple[str, str]], *, noun: str, listed_in: str) -> int:
+    """Print each failed input as `failed: PATH: REASON`, then a count, to stderr: → exit code 0/1."""
+    for path, why in failures:
+        print(f"  failed: {path}: {why}", file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} {noun}(s) failed (listed in {listed_in})", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -58,12 +68,13 @@ def _run_split(a: argparse.Namespace) -> int:
     rows, stats = make_manifest(root, items, seed=a.seed, max_distance=a.max_distance)
     stats["check"] = check_manifest(rows, max_distance=a.max_distance)
     out = write_manifest(a.out, rows, root=root)
-    write_json(Path(a.out).with_suffix(".stats.json"), stats)
+    stats_path = write_json(Path(a.out).with_suffix(".stats.json"), stats)
     print(f"wrote {out}: {stats['images']} images in {stats['groups']} groups "
           f"({stats['exact_duplicate_files_merged']} exact duplicates merged, "
           f"{stats['groups_merged_by_near_duplicates']} merges by near duplicates); "
           f"check passed: 0 groups across splits")
-    return 0
+    failed = [(f["path"], f["reason"]) for f in stats["failed"]]
+    return report_failures(failed, noun="image", listed_in=f"{stats_path}; left out of the manifest")
 
 
 @command("train", "train the CAM teacher, make pseudo masks, train the student, evaluate on test")
@@ -88,9 +99,13 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _overrides(a: argparse.Namespace) -> dict:
+    """Dotted config overrides from the flags; backbone and weights apply to teacher and student
+    alike (the paper's teacher has "the same backbone")."""
     over = {k: v for k, v in vars(a).items() if "." in k}
     if getattr(a, "pretrained", None):
-        over["model.pretrained"] = a.pretrained
+        over["model.pretrained"] = over["teacher.pretrained"] = a.pretrained
+    if over.get("model.backbone"):
+        over["teacher.backbone"] = over["model.backbone"]
     return over
 
 
@@ -108,12 +123,14 @@ def _run_train(a: argparse.Namespace) -> int:
     cfg = apply_overrides(cfg, over)
     model_path = train_run(cfg, a.out, resume=a.resume)
     print(f"model: {model_path}")
+    failed = [tuple(f) for f in json.loads((Path(a.out) / "train_summary.json").read_text())["failed_images"]]
     if not a.no_eval:
         m = evaluate_run(a.out)
         t = m["at_0.5"]
         print(f"test: AUROC {t['auroc']:.4f}  accuracy {t['accuracy']:.4f}  F1 {t['f1']:.4f}  "
               f"(n={m['n_test']}; {a.out}/metrics.md)")
-    return 0
+        failed += [tuple(f) for f in m["failed_images"] if tuple(f) not in failed]
+    return report_failures(failed, noun="image", listed_in=f"{a.out}/train_summary.json, metrics.json")
 
 
 @command("evaluate", "score a trained model on the test split (metrics.json + metrics.md)")
@@ -138,6 +155,7 @@ def _run_evaluate(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per registered command."""
+    import crackloc.cli_experiment  # noqa: F401  (registers experiment, report)
     import crackloc.cli_predict  # noqa: F401  (registers predict, demo, ...)
 
     parser = argparse.ArgumentParser(
@@ -163,10 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     except CracklocError as exc:
         print(f"crackloc {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the environment, not a bug: disk full, no permission, read-only --out
+        print(f"crackloc {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"crackloc {args.command}: interrupted (a training run continues with --resume)", file=sys.stderr)
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m crackloc.cli`: use the imported module's registry
+    from crackloc.cli import main as _main
+
+    sys.exit(_main())

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from crackloc.cli import command
+from crackloc.cli import command, report_failures
 from crackloc.errors import CracklocError
 
 
@@ -19,6 +18,8 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
                    help="resize the photo by this factor before tiling (cracks should look as wide as in "
                         "the 227 px training patches; default 1.0)")
     g.add_argument("--gate", action="store_true", help="weight each window's map by its crack probability")
+    g.add_argument("--ahr-percentile", type=float,
+                   help="AHR keeps map values above this per-window percentile (default: as trained, 90)")
     g.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (bounds memory)")
     g.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="torch or ONNX Runtime")
     g.add_argument("--precision", choices=["bf16", "32"], default="bf16",
@@ -31,18 +32,14 @@ def _predictor(a: argparse.Namespace):
     if a.tile < 32 or not 0 <= a.overlap < 1 or a.scale <= 0 or a.batch_size < 1:
         raise CracklocError("need --tile ≥ 32, 0 ≤ --overlap < 1, --scale > 0, --batch-size ≥ 1")
     return Predictor(a.checkpoint, backend=a.backend, tile=a.tile, overlap=a.overlap, scale=a.scale,
-                     gate=a.gate, batch_size=a.batch_size, precision=a.precision)
+                     gate=a.gate, batch_size=a.batch_size, precision=a.precision,
+                     ahr_percentile=a.ahr_percentile)
 
 
 def _summarize(report, out: Path) -> int:
     n_crack = sum(r["crack"] for r in report.records)
     print(f"{len(report.records)} image(s) done ({n_crack} with a crack) → {out}/predictions.jsonl")
-    for path, why in report.failed:
-        print(f"  failed: {path}: {why}", file=sys.stderr)
-    if report.failed:
-        print(f"{len(report.failed)} input(s) failed (listed in {out}/failed.jsonl)", file=sys.stderr)
-        return 1
-    return 0
+    return report_failures(report.failed, noun="input", listed_in=f"{out}/failed.jsonl")
 
 
 @command("predict", "crack probability, heatmap PNG, overlay PNG and a JSON line for each image")
@@ -61,6 +58,8 @@ def _run_predict(a: argparse.Namespace) -> int:
 
     if a.mm_per_px is not None and a.mm_per_px <= 0:
         raise CracklocError("--mm-per-px must be positive")
+    if a.max_pixels is not None and a.max_pixels < 1:
+        raise CracklocError("--max-pixels must be positive")
     report = predict_files(_predictor(a), a.inputs, a.out, geometry=a.geometry or a.mm_per_px is not None,
                            mm_per_px=a.mm_per_px, max_pixels=a.max_pixels)
     return _summarize(report, Path(a.out))
@@ -137,7 +136,29 @@ def _run_evaluate_loc(a: argparse.Namespace) -> int:
     print(f"PxAP {m['pxap']:.4f}  F1 {m['f1']:.4f}  IoU {m['iou']:.4f}  (threshold {m['threshold']:.3f} "
           f"chosen on {m['n_dev']} dev images, scored on {m['n_test']}; ODS F1 {m['ods_f1']:.4f}, "
           f"OIS F1 {m['ois_f1']:.4f}) → {a.out}/metrics.json")
-    if m.get("failed"):
-        print(f"{len(m['failed'])} image(s) failed, listed in metrics.json", file=sys.stderr)
-        return 1
+    failed = [(f["path"], f["reason"].removeprefix(f"{f['path']}: ")) for f in m.get("failed", [])]
+    return report_failures(failed, noun="image", listed_in=f"{a.out}/metrics.json")
+
+
+@command("export", "export a model file to ONNX (dynamic batch; logits + heatmap, AHR threshold in the graph)")
+def _export_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", help="model file (default: the bundled model)")
+    p.add_argument("--out", required=True, help="ONNX file to write")
+    p.add_argument("--image-size", type=int, default=224, help="input side the graph is built for (default 224)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (≥ 18, default 18)")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(a: argparse.Namespace) -> int:
+    import json
+
+    from crackloc.inference.export import export_onnx
+    from crackloc.inference.predictor import default_checkpoint
+    from crackloc.models.checkpoint import load_model
+
+    model, payload = load_model(a.checkpoint or default_checkpoint())
+    meta = {"config": json.dumps(payload["config"]),
+            "val_threshold": str(payload.get("meta", {}).get("val_threshold", 0.5))}
+    path = export_onnx(model, a.out, image_size=a.image_size, opset=a.opset, metadata=meta)
+    print(f"wrote {path} (checked against torch on a random batch)")
     return 0

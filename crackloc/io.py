@@ -6,8 +6,9 @@ import io
 import json
 import os
 import tempfile
-import warnings
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,18 @@ from crackloc.errors import CracklocError
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 MP; larger images are refused before decoding
 MIN_SIDE = 8
+PIL_FORMATS = ("JPEG", "PNG", "BMP", "TIFF")  # decoded whatever the file name says
+_PIL_LOCK = threading.RLock()  # guards the swap of PIL's global pixel limit
+
+
+def _umask_mode() -> int:
+    """0o666 minus the process umask: the mode `open(path, "w")` would give a new file."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _umask_mode()
 
 
 def atomic_write(path: str | Path, writer: Callable[[Any], None], *, binary: bool = True) -> Path:
@@ -34,6 +47,7 @@ def atomic_write(path: str | Path, writer: Callable[[Any], None], *, binary: boo
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp makes 0600; results should be as readable as any new file
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             writer(f)
             f.flush()
@@ -92,6 +106,46 @@ def _to_rgb_array(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
+@contextmanager
+def open_image(path: Path, *, max_pixels: int, min_side: int = 1, what: str = "image") -> Iterator[Image.Image]:
+    """Open `path` lazily (header only) and refuse it by size before any pixel is decoded.
+
+    PIL's own decompression-bomb limit is swapped for `max_pixels` while the file is open (so
+    the error names the real size and `--max-pixels` above PIL's 89 MP default works), and
+    only JPEG, PNG, BMP and TIFF are opened, whatever the file name says.
+    """
+    with _PIL_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            with Image.open(path, formats=PIL_FORMATS) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise CracklocError(f"{path}: {what} is {w}x{h} = {w * h / 1e6:.0f} MP, above "
+                                        f"the limit of {max_pixels / 1e6:.0f} MP")
+                if min(w, h) < min_side:
+                    raise CracklocError(f"{path}: {what} is {w}x{h}, smaller than {min_side} px on a side")
+                yield img
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def file_error(exc: Exception, path: Path, what: str = "image") -> CracklocError:
+    """The one-line error for `exc`, raised by PIL while reading `path`."""
+    detail = " ".join(str(exc).split())[:160]
+    if isinstance(exc, CracklocError):
+        return exc
+    if isinstance(exc, PermissionError):
+        return CracklocError(f"{path}: cannot read the file (permission denied)")
+    if isinstance(exc, UnidentifiedImageError | Image.DecompressionBombError):
+        if path.is_file() and path.stat().st_size == 0:
+            return CracklocError(f"{path}: empty file (0 bytes)")
+        return CracklocError(f"{path}: not a readable {what} (expected JPEG, PNG, BMP or TIFF)")
+    if isinstance(exc, OSError | SyntaxError | ValueError | EOFError):
+        return CracklocError(f"{path}: corrupt or truncated {what} ({detail})")
+    return CracklocError(f"{path}: cannot decode the {what} ({type(exc).__name__}: {detail})")
+
+
 def load_rgb(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int = MIN_SIDE) -> np.ndarray:
     """Load an image as uint8 HxWx3 RGB, EXIF orientation applied.
 
@@ -103,26 +157,16 @@ def load_rgb(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side
     if not path.is_file():
         raise CracklocError(f"{path}: no such file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                w, h = img.size
-                if w * h > max_pixels:
-                    raise CracklocError(
-                        f"{path}: image is {w}x{h} = {w * h / 1e6:.0f} MP, above the limit of "
-                        f"{max_pixels / 1e6:.0f} MP (raise it with --max-pixels)"
-                    )
-                if min(w, h) < min_side:
-                    raise CracklocError(f"{path}: image is {w}x{h}, smaller than {min_side} px on a side")
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                return _to_rgb_array(img)
-    except CracklocError:
-        raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise CracklocError(f"{path}: not a readable image") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise CracklocError(f"{path}: corrupt or truncated image ({exc})") from None
+        with open_image(path, max_pixels=max_pixels, min_side=min_side) as img:
+            img.load()
+            return _to_rgb_array(ImageOps.exif_transpose(img))
+    except Exception as exc:  # PIL raises many types for bad files; all become one line
+        raise file_error(exc, path) from None
+
+
+def failure_reason(exc: Exception, path: str | Path) -> str:
+    """The message of `exc` without the leading "<path>: " (for path + reason reports)."""
+    return str(exc).removeprefix(f"{path}: ")
 
 
 def list_images(folder: str | Path) -> list[Path]:

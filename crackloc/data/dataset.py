@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from crackloc.data.split import Row
 from crackloc.errors import CracklocError
-from crackloc.io import load_rgb, rgb_to_tensor
+from crackloc.io import failure_reason, load_rgb, rgb_to_tensor
 
 
 @dataclass
@@ -53,19 +53,21 @@ def stratified_subset(rows: list[Row], limit: int | None, *, seed: int) -> list[
 
 def decode_rows(root: Path, rows: list[Row], *, size: int, desc: str = "decoding",
                 progress: bool = True) -> DecodedSplit:
-    """Decode and resize the images of `rows`; unreadable files are listed in `failed`."""
+    """Decode and resize the images of `rows`; unreadable files are listed in `failed` (path, reason)."""
     images, labels, paths, failed = [], [], [], []
     for r in tqdm(rows, desc=desc, disable=not progress, unit="img", leave=False):
+        path = root / r.path
         try:
-            img = rgb_to_tensor(load_rgb(root / r.path))
+            img = rgb_to_tensor(load_rgb(path))
         except CracklocError as exc:
-            failed.append((r.path, str(exc)))
+            failed.append((str(path), failure_reason(exc, path)))
             continue
         images.append(resize_uint8(img, size))
         labels.append(float(r.label))
         paths.append(r.path)
     if not images:
-        raise CracklocError(f"{desc}: no readable images ({len(failed)} failed)")
+        example = f"; e.g. {failed[0][0]}: {failed[0][1]}" if failed else ""
+        raise CracklocError(f"{desc}: no readable images ({len(failed)} failed{example})")
     return DecodedSplit(torch.stack(images), torch.tensor(labels), paths, failed)
 
 

@@ -7,16 +7,22 @@ Masks may be 0/255, 0/1 (8- or 16-bit grey, palette indices, or grey stored as R
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from crackloc.errors import CracklocError
-from crackloc.io import DEFAULT_MAX_PIXELS, list_images, load_rgb, rgb_to_tensor
+from crackloc.io import (
+    DEFAULT_MAX_PIXELS,
+    file_error,
+    list_images,
+    load_rgb,
+    open_image,
+    rgb_to_tensor,
+)
 
 MASK_VALUES = (0, 1, 255)
 
@@ -55,20 +61,11 @@ def load_mask(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> torc
     if not path.is_file():
         raise CracklocError(f"{path}: no such mask file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                if img.size[0] * img.size[1] > max_pixels:
-                    raise CracklocError(f"{path}: mask is {img.size[0]}x{img.size[1]}, above "
-                                        f"the limit of {max_pixels / 1e6:.0f} MP")
-                img.load()
-                arr = _mask_array(ImageOps.exif_transpose(img), path)
-    except CracklocError:
-        raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise CracklocError(f"{path}: not a readable mask image") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise CracklocError(f"{path}: corrupt or truncated mask ({exc})") from None
+        with open_image(path, max_pixels=max_pixels, what="mask") as img:
+            img.load()
+            arr = _mask_array(ImageOps.exif_transpose(img), path)
+    except Exception as exc:  # PIL raises many types for bad files; all become one line
+        raise file_error(exc, path, "mask") from None
     valid = (arr == 0) | (arr == 1) | (arr == 255)  # [H,W]
     if not valid.all():
         bad = np.unique(arr[~valid])

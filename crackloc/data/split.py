@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from tqdm import tqdm
 
 from crackloc.data.folders import LabelledImage
 from crackloc.errors import CracklocError
-from crackloc.io import atomic_write
+from crackloc.io import atomic_write, failure_reason, load_rgb
 
 SPLITS = ("train", "val", "test")
 FIELDS = ("path", "label", "split", "group", "sha256", "phash")
@@ -42,12 +41,35 @@ class Row:
 
 
 def hash_file(path: Path) -> tuple[str, str]:
-    """(sha256 hex of the bytes, 64-bit perceptual hash hex of the decoded image)."""
-    data = path.read_bytes()
-    sha = hashlib.sha256(data).hexdigest()
-    with Image.open(io.BytesIO(data)) as img:
-        ph = str(imagehash.phash(img.convert("L")))
-    return sha, ph
+    """(sha256 hex of the bytes, 64-bit perceptual hash hex of the decoded image).
+
+    The image is validated and decoded by `load_rgb` (size limits, EXIF, modes); a bad file
+    raises `CracklocError` naming it.
+    """
+    rgb = load_rgb(path)  # HxWx3 uint8
+    ph = str(imagehash.phash(Image.fromarray(rgb).convert("L")))
+    sha = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                sha.update(block)
+    except OSError as exc:
+        raise CracklocError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
+    return sha.hexdigest(), ph
+
+
+def hash_items(items: list[LabelledImage], *, progress: bool = True
+               ) -> tuple[list[LabelledImage], list[tuple[str, str]], list[tuple[str, str]]]:
+    """Hash every readable item: → (good items, their (sha, phash), failed (path, reason))."""
+    good, hashes, failed = [], [], []
+    for it in tqdm(items, desc="hashing", disable=not progress, unit="img"):
+        try:
+            hashes.append(hash_file(it.path))
+        except CracklocError as exc:
+            failed.append((str(it.path), failure_reason(exc, it.path)))
+            continue
+        good.append(it)
+    return good, hashes, failed
 
 
 def _hamming_pairs(hashes: list[str], max_distance: int, chunk: int = 2048) -> list[tuple[int, int]]:
@@ -140,8 +162,16 @@ def assign_splits(labels: list[int], groups: list[int], *, fractions=(0.7, 0.15,
 
 def make_manifest(root: Path, items: list[LabelledImage], *, seed: int = 0, max_distance: int = 4,
                   fractions=(0.7, 0.15, 0.15), progress: bool = True) -> tuple[list[Row], dict]:
-    """Hash, group and split `items`; returns manifest rows and grouping statistics."""
-    hashes = [hash_file(it.path) for it in tqdm(items, desc="hashing", disable=not progress, unit="img")]
+    """Hash, group and split `items`; returns manifest rows and grouping statistics.
+
+    Unreadable images are left out of the rows and listed in `stats["failed"]` (path, reason).
+    """
+    items, hashes, failed = hash_items(items, progress=progress)
+    for cls, name in ((1, "crack"), (0, "no-crack")):
+        if not any(it.label == cls for it in items):
+            example = f"; e.g. {failed[0][0]}: {failed[0][1]}" if failed else ""
+            raise CracklocError(f"{root}: no readable image in the {name} folder "
+                                f"({len(failed)} file(s) failed{example})")
     shas, phs = [h[0] for h in hashes], [h[1] for h in hashes]
     groups, stats = group_duplicates(shas, phs, max_distance=max_distance)
     labels = [it.label for it in items]
@@ -151,6 +181,7 @@ def make_manifest(root: Path, items: list[LabelledImage], *, seed: int = 0, max_
     stats["split_counts"] = {sp: {"positive": sum(r.label for r in rows if r.split == sp),
                                   "negative": sum(1 - r.label for r in rows if r.split == sp)}
                              for sp in SPLITS}
+    stats["failed"] = [{"path": path, "reason": why} for path, why in failed]
     return rows, stats
 
 

@@ -13,7 +13,7 @@ from crackloc.errors import CracklocError
 from crackloc.evaluation.classification import autocast_for
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-BUNDLED_MODEL = ASSETS / "crackloc_lite0.pt"
+BUNDLED_MODEL = ASSETS / "crackloc_resnet18.pt"
 
 
 @dataclass
@@ -41,13 +41,18 @@ class Predictor:
 
     def __init__(self, checkpoint: str | Path | None = None, *, backend: str = "torch", device: str = "cpu",
                  precision: str = "bf16", tile: int = 224, overlap: float = 0.25, scale: float = 1.0,
-                 gate: bool = False, batch_size: int = 16, threshold: float | None = None) -> None:
+                 gate: bool = False, batch_size: int = 16, threshold: float | None = None,
+                 ahr_percentile: float | None = None) -> None:
         from crackloc.models.checkpoint import load_model
 
         self.checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()
         self.model, payload = load_model(self.checkpoint, device=device)
         self.meta = payload.get("meta", {})
         self.threshold = threshold if threshold is not None else float(self.meta.get("val_threshold", 0.5))
+        if ahr_percentile is not None and getattr(self.model, "ahr", None) is not None:
+            if not 0 <= ahr_percentile < 100:
+                raise CracklocError(f"--ahr-percentile must be in [0, 100), got {ahr_percentile}")
+            self.model.ahr.percentile = ahr_percentile
         if backend == "onnx":
             self.model = self._onnx_model()
             precision = "32"

@@ -117,6 +117,35 @@ def _hub_candidates(name: str) -> list[Path]:
     return [Path(env)] if env else [ckpt / "efficientnet-lite0-57934424.pth"]
 
 
+def resolve_weights(pretrained: str, candidates: list[Path], what: str) -> Path | None:
+    """The weights file `pretrained` names: None for 'none' (or 'auto' with nothing cached).
+
+    'auto' takes the first existing file of `candidates` and warns when there is none; an
+    explicit path that does not exist is an error.
+    """
+    if pretrained == "none":
+        return None
+    if pretrained == "auto":
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            warnings.warn(f"no cached ImageNet weights for {what}; starting from random init "
+                          "(pass --pretrained PATH to use a weights file)", stacklevel=3)
+        return path
+    path = Path(pretrained)
+    if not path.is_file():
+        raise CracklocError(f"{path}: pretrained weights file not found")
+    return path
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load a weights file safely (tensors only); unwraps a {'state_dict': ...} payload."""
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CracklocError(f"{path}: not a readable weights file ({type(exc).__name__})") from None
+    return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+
+
 def load_pretrained(backbone: Backbone, pretrained: str) -> str:
     """Load ImageNet weights into `backbone`; returns where they came from ('none' if random).
 
@@ -124,24 +153,10 @@ def load_pretrained(backbone: Backbone, pretrained: str) -> str:
     Lite0 file, also via $CRACKLOC_LITE0_WEIGHTS) or a path. 'auto' warns and keeps random
     init when nothing is cached; an explicit path that fails is an error.
     """
-    if pretrained == "none":
+    path = resolve_weights(pretrained, _hub_candidates(backbone.name), backbone.name)
+    if path is None:
         return "none"
-    path = None
-    if pretrained == "auto":
-        path = next((p for p in _hub_candidates(backbone.name) if p.is_file()), None)
-        if path is None:
-            warnings.warn(f"no cached ImageNet weights for {backbone.name}; starting from random init "
-                          "(pass --pretrained PATH to use a weights file)", stacklevel=2)
-            return "none"
-    else:
-        path = Path(pretrained)
-        if not path.is_file():
-            raise CracklocError(f"{path}: pretrained weights file not found")
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CracklocError(f"{path}: not a readable weights file ({type(exc).__name__})") from None
-    sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+    sd = read_state_dict(path)
     if backbone.name == "resnet18":
         target = {f"stem.{i}.{k.split('.', 1)[1]}": v for i, pre in ((0, "conv1"), (1, "bn1"))
                   for k, v in sd.items() if k.startswith(pre + ".")}

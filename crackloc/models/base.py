@@ -16,6 +16,7 @@ class LocalizationModel(nn.Module):
     """
 
     uses_pseudo_masks: bool = False  # trained with the L1 term against teacher pseudo masks
+    pseudo_source: str = "cam"  # which pseudo masks: 'cam' (teacher CAM, p95) | 'ddt' (DDT co-localisation)
 
     def __init__(self, *, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,22 +31,40 @@ def save_model(path: str | Path, model: nn.Module, cfg: ModelConfig, *, half: bo
 
 
 def read_model_file(path: str | Path) -> dict:
-    """Load a model file safely (no code execution); raises CracklocError for anything else."""
+    """Load a model file safely (no code execution); raises CracklocError for anything else.
+
+    `torch.load(weights_only=True)` unpickles only tensors and plain containers, so a file
+    carrying any other object is refused before that object could run code.
+    """
     path = Path(path)
     if not path.is_file():
         raise CracklocError(f"{path}: no such checkpoint")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else "disallowed content"
-        raise CracklocError(f"{path}: refused: the checkpoint holds objects other than tensors and "
-                            f"plain data ({first[:160]})") from None
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        what = f" ({found.group(1)})" if found else ""
+        raise CracklocError(f"{path}: refused: the file holds objects other than tensors and plain "
+                            f"data{what}, which could run code when loaded") from None
     except Exception as exc:  # zip/EOF/format errors
-        raise CracklocError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
+        raise CracklocError(f"{path}: not a readable checkpoint, truncated or not a torch file "
+                            f"({type(exc).__name__})") from None
+    if isinstance(payload, dict) and "pytorch-lightning_version" in payload:
+        raise CracklocError(f"{path}: a Lightning training checkpoint (only for `crackloc train "
+                            "--resume`), not a model file: pass RUN/model.pt")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CracklocError(f"{path}: not a crackloc model file (expected format {FORMAT}; "
-                            "Lightning .ckpt files are for --resume only)")
+        raise CracklocError(f"{path}: not a crackloc model file (expected format {FORMAT})")
+    _check_payload(path, payload)
     return payload
+
+
+def _check_payload(path: Path, payload: dict) -> None:
+    """The parts `load_model` reads must have the right types (a crafted file may lie)."""
+    sd, cfg, meta = payload.get("state_dict"), payload.get("config"), payload.get("meta", {})
+    if not isinstance(cfg, dict) or not isinstance(meta, dict):
+        raise CracklocError(f"{path}: damaged model file (config/meta are not mappings)")
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise CracklocError(f"{path}: damaged model file (state_dict is not a mapping of tensors)")
 
 
 def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
@@ -53,8 +72,11 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> tuple
     from crackloc.models import build_model
 
     payload = read_model_file(path)
-    cfg = from_dict(ModelConfig, {**payload["config"], "pretrained": "none"})
-    model = build_model(cfg)
+    try:
+        cfg = from_dict(ModelConfig, {**payload["config"], "pretrained": "none"})
+        model = build_model(cfg)
+    except CracklocError as exc:
+        raise CracklocError(f"{path}: bad model config ({exc})") from None
     sd = {k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
     try:
         model.load_state_dict(sd)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from crackloc.config import ModelConfig
+from crackloc.errors import CracklocError
 from crackloc.models.backbone import Backbone
 from crackloc.models.base import LocalizationModel
 from crackloc.models.fusion import MultiScaleFusion
@@ -76,18 +77,25 @@ def build_resnet18_cam(cfg: ModelConfig) -> CrackLocNet:
     return CrackLocNet(dataclasses.replace(cfg, scales=[deepest], fusion="none", ahr=False))
 
 
+ABLATION_ROWS: dict[str, dict] = {  # Table II, top to bottom
+    "single_scale": dict(fusion="none", ahr=False),
+    "msrfe_concat": dict(fusion="concat", ahr=False),
+    "msrfe_attention": dict(fusion="attention", ahr=False),
+    "ahr": dict(fusion="none", ahr=True),
+    "full_concat": dict(fusion="concat", ahr=True),
+    "full_attention": dict(fusion="attention", ahr=True),  # = the proposed model
+}
+
+
 def ablation_config(base: ModelConfig, variant: str) -> ModelConfig:
     """Config of one Table II row, from the proposed model's config."""
-    rows = {
-        "single_scale": dict(fusion="none", ahr=False),
-        "msrfe_concat": dict(fusion="concat", ahr=False),
-        "msrfe_attention": dict(fusion="attention", ahr=False),
-        "ahr": dict(fusion="none", ahr=True),
-        "full_concat": dict(fusion="concat", ahr=True),
-        "full_attention": dict(fusion="attention", ahr=True),
-    }
-    over = rows[variant]
-    scales = base.scales
+    if variant not in ABLATION_ROWS:
+        raise CracklocError(f"unknown ablation {variant!r}; choose from {', '.join(ABLATION_ROWS)}")
+    over = ABLATION_ROWS[variant]
+    scales, stride = base.scales, base.output_stride
     if over["fusion"] == "none":
+        # Single scale: the deepest stage alone, run at the fusion stride so every row of
+        # Table II has the same heatmap grid (14×14 at 224 px).
         scales = [(scales or {"resnet18": ["layer4"], "lite0": ["blocks4"]}[base.backbone])[-1]]
-    return dataclasses.replace(base, scales=scales, **over)
+        stride = base.fusion_stride if base.fusion_stride in (8, 16, 32) else stride
+    return dataclasses.replace(base, scales=scales, output_stride=stride, **over)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -12,9 +13,16 @@ from torch.utils.data import DataLoader
 
 from crackloc.config import ModelConfig, TrainConfig
 from crackloc.data.dataset import DecodedSplit, PatchDataset
+from crackloc.errors import CracklocError
 from crackloc.training.module import EpochCSV, LitLocalizer
 
 STEP_CHECKPOINT_EVERY = 50  # train steps between "last" checkpoints, so a kill loses little
+
+
+def checkpoint_every() -> int:
+    """Train steps between "last" checkpoints: $CRACKLOC_CHECKPOINT_EVERY or STEP_CHECKPOINT_EVERY."""
+    value = os.environ.get("CRACKLOC_CHECKPOINT_EVERY", "")
+    return int(value) if value.isdigit() and int(value) > 0 else STEP_CHECKPOINT_EVERY
 
 
 def make_trainer(train_cfg: TrainConfig, ckpt_dir: Path, csv_path: Path, *, epochs: int,
@@ -22,15 +30,30 @@ def make_trainer(train_cfg: TrainConfig, ckpt_dir: Path, csv_path: Path, *, epoc
     """A Trainer with best/last checkpoints, early stopping on val AUROC and an epoch CSV."""
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_auroc", mode="max",
                            save_top_k=1, save_weights_only=True, enable_version_counter=False)
-    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=STEP_CHECKPOINT_EVERY,
-                           save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True)
+    # Lightning's step and epoch triggers are exclusive: two callbacks keep one last.ckpt fresh
+    last_step = ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_train_steps=checkpoint_every(),
+                                save_top_k=1, enable_version_counter=False)
+    last_epoch = ModelCheckpoint(dirpath=ckpt_dir, filename="last", every_n_epochs=1, save_top_k=1,
+                                 enable_version_counter=False, save_on_train_epoch_end=True)
     stop = EarlyStopping(monitor="val_auroc", mode="max", patience=train_cfg.patience)
     return L.Trainer(
         max_epochs=epochs, accelerator=train_cfg.accelerator, devices=1,
         precision="bf16-mixed" if train_cfg.precision == "bf16" else "32-true",
-        callbacks=[best, last, stop, EpochCSV(csv_path)], logger=False, enable_progress_bar=progress,
+        callbacks=[best, last_step, last_epoch, stop, EpochCSV(csv_path)], logger=False, enable_progress_bar=progress,
         enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=10,
     )
+
+
+def _resume_path(last: Path) -> str | None:
+    """`last` if it is a loadable (tensors-only) checkpoint, None if there is none."""
+    if not last.is_file():
+        return None
+    try:
+        torch.load(last, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, or holds objects that could run code
+        raise CracklocError(f"{last}: cannot resume from this checkpoint ({type(exc).__name__}); "
+                            "delete it to restart this training stage") from None
+    return str(last)
 
 
 def fit_model(model_cfg: ModelConfig, train_cfg: TrainConfig, train: DecodedSplit, val: DecodedSplit, *,
@@ -52,7 +75,7 @@ def fit_model(model_cfg: ModelConfig, train_cfg: TrainConfig, train: DecodedSpli
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
-        trainer.fit(module, train_dl, val_dl, ckpt_path=str(last) if last.is_file() else None)
+        trainer.fit(module, train_dl, val_dl, ckpt_path=_resume_path(last))
     best = ckpt_dir / "best.ckpt"
     if best.is_file():
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]

@@ -8,11 +8,18 @@ RUN/
   teacher_epochs.csv, student_epochs.csv    per-epoch metrics
   checkpoints/{teacher,student}/            Lightning best/last (for --resume)
   metrics.json, metrics.md                  test metrics (written by evaluate)
+
+With `teacher_dir`, the teacher (and a keyed cache of its pseudo masks) lives in that shared
+folder instead, trained there once, and RUN gets a hard link (or copy) of `teacher.pt` and of
+the pseudo masks it used, so every run folder stays self-contained.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -27,6 +34,7 @@ from crackloc.errors import CracklocError
 from crackloc.evaluation.classification import choose_threshold, predict_batches
 from crackloc.io import save_torch, write_json
 from crackloc.models.checkpoint import load_model, save_model
+from crackloc.training.ddt import ddt_pseudo_masks
 from crackloc.training.fit import fit_model
 from crackloc.training.pseudo import pseudo_masks
 
@@ -45,6 +53,14 @@ def ensure_manifest(cfg: RunConfig, out: Path, *, progress: bool) -> tuple[Path,
     return root, rows
 
 
+def split_failures(out: Path) -> list[tuple[str, str]]:
+    """Images the split left out as unreadable: (path, reason) from RUN/split_stats.json, if any."""
+    path = out / "split_stats.json"
+    if not path.is_file():
+        return []
+    return [(f["path"], f["reason"]) for f in json.loads(path.read_text(encoding="utf-8")).get("failed", [])]
+
+
 def load_splits(cfg: RunConfig, root: Path, rows: list[Row], names: tuple[str, ...], *,
                 progress: bool) -> dict[str, DecodedSplit]:
     """Decode the (preset-limited) splits named in `names`."""
@@ -58,14 +74,27 @@ def load_splits(cfg: RunConfig, root: Path, rows: list[Row], names: tuple[str, .
     return out
 
 
-def student_grid(cfg: RunConfig) -> tuple[int, int]:
-    """(h, w) of the student's low-resolution heatmap at the configured input size."""
+def student_pseudo(cfg: RunConfig) -> tuple[str | None, tuple[int, int]]:
+    """Which pseudo masks the student trains against ('cam', 'ddt' or None) and its heatmap grid (h, w)."""
     from crackloc.models import build_model
 
     model = build_model(dataclasses.replace(cfg.model, pretrained="none")).eval()
     with torch.no_grad():
         _, low = model.forward_lowres(torch.zeros(1, 3, cfg.data.image_size, cfg.data.image_size))
-    return tuple(low.shape[-2:])
+    wants = model.uses_pseudo_masks and cfg.train.lambda_l1 > 0
+    return (model.pseudo_source if wants else None), tuple(low.shape[-2:])
+
+
+def link_file(src: Path, dst: Path) -> Path:
+    """Make `dst` the same file as `src`: a hard link where possible, else a copy (replaces dst)."""
+    if dst.exists() and os.path.samefile(src, dst):
+        return dst
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
 
 
 def prepare_run(cfg: RunConfig, out: Path, *, resume: bool) -> RunConfig:
@@ -92,23 +121,51 @@ def train_teacher(cfg: RunConfig, out: Path, splits: dict[str, DecodedSplit], *,
     return teacher
 
 
+def _cached(path: Path | None, train: DecodedSplit, source: str, grid: tuple[int, int]) -> torch.Tensor | None:
+    """The masks in a pseudo-mask cache file if it was made for these images, source and grid."""
+    if path is None or not path.is_file():
+        return None
+    cached = torch.load(path, map_location="cpu", weights_only=True)
+    fits = (cached["paths"] == train.paths and cached.get("source", "cam") == source
+            and tuple(cached["masks"].shape[-2:]) == tuple(grid))
+    return cached["masks"] if fits else None
+
+
 def cached_pseudo_masks(cfg: RunConfig, out: Path, teacher: torch.nn.Module, train: DecodedSplit, *,
+                        source: str, grid: tuple[int, int], shared: Path | None = None,
                         progress: bool) -> torch.Tensor:
-    """Teacher pseudo masks of the training split, computed once and cached in RUN."""
+    """Pseudo masks ('cam': teacher CAM, 'ddt': DDT maps) of the training split, made once.
+
+    Cached as RUN/pseudo_masks.pt and, with `shared`, also as shared/pseudo_{source}_{h}x{w}.pt
+    for the other runs that share the teacher.
+    """
     path = out / "pseudo_masks.pt"
-    if path.is_file():
-        cached = torch.load(path, map_location="cpu", weights_only=True)
-        if cached["paths"] == train.paths:
-            return cached["masks"]
-    masks = pseudo_masks(teacher, train.images, train.labels, grid=student_grid(cfg),
-                         percentile=cfg.train.pseudo_percentile, negatives=cfg.train.negative_pseudo,
-                         progress=progress)
-    save_torch(path, {"paths": train.paths, "masks": masks})
+    keyed = shared / f"pseudo_{source}_{grid[0]}x{grid[1]}.pt" if shared else None
+    for candidate in (path, keyed):
+        masks = _cached(candidate, train, source, grid)
+        if masks is not None:
+            if candidate != path:
+                link_file(candidate, path)
+            return masks
+    if source == "ddt":
+        masks = ddt_pseudo_masks(teacher, train.images, train.labels, grid=grid,
+                                 negatives=cfg.train.negative_pseudo, progress=progress)
+    else:
+        masks = pseudo_masks(teacher, train.images, train.labels, grid=grid, percentile=cfg.train.pseudo_percentile,
+                             negatives=cfg.train.negative_pseudo, progress=progress)
+    save_torch(path, {"paths": train.paths, "masks": masks, "source": source})
+    if keyed is not None:
+        link_file(path, keyed)
     return masks
 
 
-def train_run(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
-    """Run the whole teacher → student pipeline; returns the path of the student's model file."""
+def train_run(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
+              teacher_dir: str | Path | None = None) -> Path:
+    """Run the whole teacher → student pipeline; returns the path of the student's model file.
+
+    `teacher_dir`: a folder shared by runs of the same seed and data, where the teacher is
+    trained once (or found) and pseudo masks are cached; default: RUN itself.
+    """
     out = Path(out)
     cfg = prepare_run(cfg, out, resume=resume)
     t0 = time.time()
@@ -116,21 +173,28 @@ def train_run(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress
     save_config(cfg, out / "config.yaml")
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     splits = load_splits(cfg, root, rows, ("train", "val"), progress=progress)
-    teacher = train_teacher(cfg, out, splits, progress=progress)
+    shared = Path(teacher_dir) if teacher_dir is not None else out
+    shared.mkdir(parents=True, exist_ok=True)
+    teacher = train_teacher(cfg, shared, splits, progress=progress)
+    if shared != out:
+        link_file(shared / "teacher.pt", out / "teacher.pt")
+    source, grid = student_pseudo(cfg)
     pseudo = None
-    if cfg.model.name == "crackloc" and cfg.train.lambda_l1 > 0:
-        pseudo = cached_pseudo_masks(cfg, out, teacher, splits["train"], progress=progress)
+    if source is not None:
+        pseudo = cached_pseudo_masks(cfg, out, teacher, splits["train"], source=source, grid=grid,
+                                     shared=shared if shared != out else None, progress=progress)
     L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     model = fit_model(cfg.model, cfg.train, splits["train"], splits["val"], ckpt_dir=out / "checkpoints/student",
                       csv_path=out / "student_epochs.csv", epochs=cfg.train.epochs, pseudo=pseudo,
                       progress=progress)
     val_probs, _ = predict_batches(model, splits["val"].images, precision=cfg.train.precision)
     threshold = choose_threshold(val_probs, splits["val"].labels)
-    failed = [f for s in splits.values() for f in s.failed]
+    failed = split_failures(out) + [f for s in splits.values() for f in s.failed]
     meta = {"role": "student", "val_threshold": threshold, "train_seconds": round(time.time() - t0, 1),
             "n_train": len(splits["train"].labels), "n_val": len(splits["val"].labels),
             "pretrained": cfg.model.pretrained,
-            "pretrained_source": getattr(getattr(model, "backbone", None), "pretrained_source", "none"),
+            "pretrained_source": getattr(model, "pretrained_source", None)
+            or getattr(getattr(model, "backbone", None), "pretrained_source", "none"),
             "failed_images": failed}
     write_json(out / "train_summary.json", meta)
     return save_model(out / "model.pt", model, cfg.model, **meta)

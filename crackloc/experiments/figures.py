@@ -1,0 +1,164 @@
+"""Experiment figures: training/validation curves (paper Fig. 2) and qualitative grids (Fig. 3).
+
+`qualitative.png`: test patches of the shared manifest; columns image | teacher CAM |
+proposed | Table I baselines. `qualitative_masks.png` (with --masks): tiled heatmaps of whole
+human-annotated images, plus the mask. Heatmaps use one colour scale, [0,1].
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+
+from crackloc.config import load_config
+from crackloc.experiments.runner import BASELINES, PROPOSED, method_dir
+from crackloc.io import save_figure
+
+METRIC_LABELS = {"train_loss": "train loss", "val_loss": "val loss (BCE)", "val_auroc": "val AUROC",
+                 "val_acc": "val accuracy"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def read_epochs(path: Path) -> dict[str, list[float]]:
+    """Columns of a student_epochs.csv as float lists ('' → NaN)."""
+    with path.open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    keys = rows[0].keys() if rows else []
+    return {k: [float(r[k]) if r[k] not in ("", "None") else float("nan") for r in rows] for k in keys}
+
+
+def plot_curves(exp: Path, out: Path) -> list[Path]:
+    """curves.png: the proposed model's losses and validation AUROC/accuracy per seed (Fig. 2);
+    curves_all.png: validation AUROC per epoch of every method (mean over seeds)."""
+    plt, made = _plt(), []
+    runs = sorted((exp / "runs" / PROPOSED).glob("seed*/student_epochs.csv"))
+    if runs:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        for path in runs:
+            cols, seed = read_epochs(path), path.parent.name
+            epochs = [e + 1 for e in cols.get("epoch", [])]
+            for ax, keys in zip(axes, (("train_loss", "val_loss"), ("val_auroc", "val_acc")), strict=True):
+                for key in keys:
+                    ax.plot(epochs, cols.get(key, []), marker="o", label=f"{METRIC_LABELS[key]} ({seed})")
+        for ax, title in zip(axes, ("loss", "validation"), strict=True):
+            ax.set(xlabel="epoch", title=f"proposed model: {title}")
+            ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.legend(fontsize=7)
+        made.append(save_figure(out / "curves.png", fig))
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method_path in sorted((exp / "runs").iterdir()):
+        series = [read_epochs(p).get("val_auroc", []) for p in sorted(method_path.glob("seed*/student_epochs.csv"))]
+        series = [s for s in series if s]
+        if series:
+            n = min(map(len, series))
+            mean = [sum(s[i] for s in series) / len(series) for i in range(n)]
+            ax.plot(range(1, n + 1), mean, marker="o", label=method_path.name)
+    ax.set(xlabel="epoch", ylabel="val AUROC (mean over seeds)", title="validation AUROC per method")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=7)
+    made.append(save_figure(out / "curves_all.png", fig))
+    plt.close(fig)
+    return made
+
+
+def _columns(exp: Path, seed: str) -> list[tuple[str, Path]]:
+    """(column title, model file) for teacher CAM, proposed, baselines of one seed that exist."""
+    cols = []
+    proposed = exp / "runs" / PROPOSED / seed
+    teacher = next((p for p in (proposed / "teacher.pt", exp / "teachers" / seed / "teacher.pt") if p.is_file()), None)
+    if teacher:
+        cols.append(("teacher CAM", teacher))
+    for method in (PROPOSED, *BASELINES):
+        model = exp / "runs" / method_dir(method) / seed / "model.pt"
+        if model.is_file():
+            cols.append(("proposed" if method == PROPOSED else method, model))
+    return cols
+
+
+def _grid(path: Path, titles: list[str], rows: list[list[torch.Tensor]]) -> Path:
+    """Image grid: panels [H,W,3] (RGB), [H,W] heatmaps (jet, [0,1]) or masks (the 'mask' column)."""
+    plt = _plt()
+    h, w = rows[0][0].shape[:2]
+    fig, axes = plt.subplots(len(rows), len(titles), figsize=(2.2 * len(titles), 2.2 * len(rows) * h / w + 0.3),
+                             squeeze=False)
+    for r, panels in enumerate(rows):
+        for c, panel in enumerate(panels):
+            ax = axes[r, c]
+            cmap = None if panel.dim() == 3 else ("gray" if titles[c] == "mask" else "jet")
+            ax.imshow(panel.float().numpy(), cmap=cmap, vmin=0, vmax=1)
+            ax.set_axis_off()
+            if r == 0:
+                ax.set_title(titles[c], fontsize=8)
+    made = save_figure(path, fig)
+    plt.close(fig)
+    return made
+
+
+@torch.inference_mode()
+def plot_qualitative(exp: Path, out: Path, spec: dict, *, n_images: int = 4) -> Path | None:
+    """qualitative.png: the first `n_images` positive test patches of the manifest, one row each."""
+    from crackloc.data.dataset import decode_rows
+    from crackloc.data.split import read_manifest
+    from crackloc.models.checkpoint import load_model
+    from crackloc.training.module import to_input
+
+    seeds = sorted(p.name for p in (exp / "runs" / PROPOSED).glob("seed*") if (p / "config.yaml").is_file())
+    if not seeds:
+        return None
+    cfg = load_config(exp / "runs" / PROPOSED / seeds[0] / "config.yaml")
+    root, rows = read_manifest(cfg.data.manifest)
+    if cfg.data.data and Path(cfg.data.data).is_dir():
+        root = Path(cfg.data.data)
+    chosen = sorted((r for r in rows if r.split == "test" and r.label == 1), key=lambda r: r.path)[:n_images]
+    if not chosen:
+        return None
+    x = to_input(decode_rows(root, chosen, size=cfg.data.image_size, progress=False).images, channels_last=False)
+    columns = _columns(exp, seeds[0])
+    heat = [load_model(path)[0](x)[1][:, 0] for _, path in columns]  # each [n,S,S]
+    grid = [[x[i].permute(1, 2, 0)] + [h[i] for h in heat] for i in range(len(x))]
+    return _grid(out / "qualitative.png", ["image"] + [t for t, _ in columns], grid)
+
+
+@torch.inference_mode()
+def plot_qualitative_masks(exp: Path, out: Path, masks: str, *, n_images: int = 3) -> Path | None:
+    """qualitative_masks.png: tiled heatmaps of the first human-annotated images, with their masks."""
+    from crackloc.data.masks import MaskDataset
+    from crackloc.inference.tiling import predict_tiled
+    from crackloc.models.checkpoint import load_model
+
+    seeds = sorted(p.name for p in (exp / "runs" / PROPOSED).glob("seed*") if (p / "config.yaml").is_file())
+    if not seeds or not masks or not Path(masks).is_dir():
+        return None
+    size = load_config(exp / "runs" / PROPOSED / seeds[0] / "config.yaml").data.image_size
+    ds = MaskDataset(masks)
+    samples = [ds[i] for i in range(min(n_images, len(ds)))]  # (stem, image [3,H,W] uint8, mask [H,W])
+    columns = _columns(exp, seeds[0])
+    grid = [[img.permute(1, 2, 0).float() / 255.0] for _, img, _ in samples]
+    for _, path in columns:
+        model = load_model(path)[0]
+        for row, (_, img, _) in zip(grid, samples, strict=True):
+            row.append(predict_tiled(model, img, tile=size, overlap=0.25, amp_dtype=torch.bfloat16).heatmap)
+    for row, (_, _, mask) in zip(grid, samples, strict=True):
+        row.append(mask.float())
+    return _grid(out / "qualitative_masks.png", ["image"] + [t for t, _ in columns] + ["mask"], grid)
+
+
+def make_figures(exp: Path, out: Path, spec: dict, *, n_images: int = 4) -> list[Path]:
+    """Every figure the report shows; returns the files written."""
+    made = plot_curves(exp, out)
+    for fig in (plot_qualitative(exp, out, spec, n_images=n_images),
+                plot_qualitative_masks(exp, out, spec.get("masks", ""), n_images=min(n_images, 3))):
+        if fig is not None:
+            made.append(fig)
+    return made

@@ -1,0 +1,199 @@
+"""`crackloc experiment`: every method × seed on one split manifest, resumable, then aggregated.
+
+EXP/
+  experiment.json          what was asked (preset, methods, seeds, manifest, masks, overrides)
+  split.csv                the one manifest every run uses (unless --manifest was given)
+  teachers/seed<k>/        the CAM teacher of seed k and its pseudo-mask caches, shared by runs
+  runs/<method>/seed<k>/   a `crackloc train` run folder (+ localization/ with --masks)
+  results.csv, summary.json  per-run metrics; mean ± std per method and paired t-tests
+
+A run whose metrics.json exists (and localization/metrics.json, with --masks) is skipped; a
+run with a config.yaml but no model.pt resumes from its Lightning checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crackloc.config import RunConfig, apply_overrides, preset
+from crackloc.errors import CracklocError
+from crackloc.io import write_json
+from crackloc.models.net import ABLATION_ROWS, ablation_config
+
+PROPOSED = "crackloc"
+BASELINES = ("cam_vgg16", "resnet18_cam", "wsol_crack", "psol", "ts_cam")  # Table I order
+# Table II rows; its last row (attention fusion + AHR) is the proposed model itself.
+ABLATIONS = tuple(f"ablation:{v}" for v in ABLATION_ROWS if v != "full_attention")
+ALL_METHODS = (PROPOSED, *BASELINES, *ABLATIONS)
+EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
+    # quick: 2k training patches, 2 teacher + 2 student epochs; val/test capped (the caps draw a
+    # stratified subset per seed, the same for every method of that seed).
+    "quick": {"data.max_train": 2000, "data.max_val": 500, "data.max_test": 1000,
+              "train.teacher_epochs": 2, "train.epochs": 2},
+    "paper": {},  # as published: all images, up to 30 epochs, patience 5
+    "tiny": {},  # tests and smoke runs
+}
+
+
+@dataclass
+class ExperimentSpec:
+    """What one `crackloc experiment` call runs."""
+
+    out: Path
+    preset: str = "quick"
+    methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    data: str = ""
+    manifest: str = ""
+    masks: str = ""  # images/ + masks/ folder for localisation against human masks
+    max_images: int | None = 20  # images of `masks` scored per run
+    overrides: dict[str, Any] = field(default_factory=dict)  # dotted RunConfig keys
+
+
+def parse_methods(text: str) -> list[str]:
+    """'all' or a comma list of registry names and `ablation:<row>` → validated method names."""
+    from crackloc.models import available_models
+
+    if text.strip() == "all":
+        return list(ALL_METHODS)
+    methods = [m.strip() for m in text.split(",") if m.strip()]
+    valid = set(available_models()) | {f"ablation:{v}" for v in ABLATION_ROWS}
+    unknown = [m for m in methods if m not in valid]
+    if unknown or not methods:
+        raise CracklocError(f"unknown method(s) {unknown or text!r}; choose 'all' or from {', '.join(sorted(valid))}")
+    return list(dict.fromkeys(methods))
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0,1,2' → [0, 1, 2]."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise CracklocError(f"--seeds must be comma-separated integers, got {text!r}") from None
+    if not seeds or min(seeds) < 0:
+        raise CracklocError(f"--seeds must be non-negative integers, got {text!r}")
+    return list(dict.fromkeys(seeds))
+
+
+def method_dir(method: str) -> str:
+    """Folder name of a method ('ablation:ahr' → 'ablation-ahr')."""
+    return method.replace(":", "-")
+
+
+def method_from_dir(name: str) -> str:
+    """Inverse of `method_dir`."""
+    return name.replace("ablation-", "ablation:", 1) if name.startswith("ablation-") else name
+
+
+def run_dir(out: Path, method: str, seed: int) -> Path:
+    """EXP/runs/<method>/seed<k>."""
+    return Path(out) / "runs" / method_dir(method) / f"seed{seed}"
+
+
+def method_config(spec: ExperimentSpec, method: str, seed: int, manifest: Path) -> RunConfig:
+    """The RunConfig of one run: preset + experiment preset + overrides, the method's model, the seed."""
+    cfg = preset(spec.preset, **EXPERIMENT_PRESETS.get(spec.preset, {}))
+    cfg = apply_overrides(cfg, {**spec.overrides, "train.seed": seed, "data.manifest": str(manifest),
+                                "data.data": spec.data or None})
+    if method.startswith("ablation:"):
+        cfg.model = ablation_config(cfg.model, method.split(":", 1)[1])
+    else:
+        cfg.model = dataclasses.replace(cfg.model, name=method)
+    return cfg
+
+
+def ensure_split(spec: ExperimentSpec, *, progress: bool) -> Path:
+    """The manifest all runs share: --manifest, else EXP/split.csv (made once, split seed 0)."""
+    from crackloc.training.run import ensure_manifest
+
+    if spec.manifest:
+        return Path(spec.manifest).resolve()
+    made = spec.out / "split.csv"
+    if made.is_file():
+        return made.resolve()
+    if not spec.data:
+        raise CracklocError("give --data DIR (a split is made once into EXP/split.csv) or --manifest CSV")
+    cfg = RunConfig()
+    cfg.data.data, cfg.train.seed = str(Path(spec.data).resolve()), 0
+    ensure_manifest(cfg, spec.out, progress=progress)
+    return Path(cfg.data.manifest)
+
+
+def record_spec(spec: ExperimentSpec, manifest: Path) -> None:
+    """Write EXP/experiment.json; refuse to mix presets or overrides within one EXP."""
+    path = spec.out / "experiment.json"
+    saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if saved and (saved["preset"], saved["overrides"]) != (spec.preset, spec.overrides):
+        raise CracklocError(f"{spec.out} holds a {saved['preset']!r} experiment with overrides "
+                            f"{saved['overrides']}; use a new --out for different settings")
+    record = {"preset": spec.preset, "overrides": spec.overrides, "manifest": str(manifest),
+              "data": spec.data, "masks": spec.masks or saved.get("masks", ""), "max_images": spec.max_images,
+              "methods": list(dict.fromkeys(saved.get("methods", []) + spec.methods)),
+              "seeds": sorted(set(saved.get("seeds", [])) | set(spec.seeds)),
+              "experiment_preset": EXPERIMENT_PRESETS.get(spec.preset, {})}
+    write_json(path, record)
+
+
+def localize(run: Path, masks: str, *, image_size: int, max_images: int | None, progress: bool) -> dict:
+    """Score RUN/model.pt's tiled heatmaps against human masks into RUN/localization/."""
+    import torch
+
+    from crackloc.evaluation.localize_run import evaluate_localization
+    from crackloc.models.checkpoint import load_model
+
+    model, _ = load_model(run / "model.pt")
+    return evaluate_localization(model, masks, run / "localization", tile=image_size, overlap=0.25,
+                                 max_images=max_images, n_overlays=4, amp_dtype=torch.bfloat16,
+                                 progress=progress)
+
+
+def run_one(spec: ExperimentSpec, method: str, seed: int, manifest: Path, *, progress: bool) -> str:
+    """Train, localise and evaluate one method × seed unless done: → 'skipped' | 'done'."""
+    from crackloc.evaluation.evaluate import evaluate_run
+    from crackloc.training.run import train_run
+
+    run = run_dir(spec.out, method, seed)
+    loc_done = not spec.masks or (run / "localization" / "metrics.json").is_file()
+    if (run / "metrics.json").is_file() and loc_done:
+        return "skipped"
+    cfg = method_config(spec, method, seed, manifest)
+    if not (run / "model.pt").is_file():
+        train_run(cfg, run, resume=(run / "config.yaml").is_file(), progress=progress,
+                  teacher_dir=spec.out / "teachers" / f"seed{seed}")
+    if not loc_done:
+        localize(run, spec.masks, image_size=cfg.data.image_size, max_images=spec.max_images, progress=progress)
+    if not (run / "metrics.json").is_file():  # written last: the run's completion marker
+        evaluate_run(run, progress=progress)
+    return "done"
+
+
+def run_experiment(spec: ExperimentSpec, *, progress: bool = True,
+                   log: Callable[[str], None] = print) -> dict:
+    """Run every method × seed (seed by seed, so each seed's teacher is trained once), then aggregate.
+
+    Returns the summary written to EXP/summary.json.
+    """
+    from crackloc.experiments.aggregate import write_results
+
+    if spec.preset not in EXPERIMENT_PRESETS:
+        raise CracklocError(f"unknown preset {spec.preset!r} (choose {', '.join(EXPERIMENT_PRESETS)})")
+    spec.out = Path(spec.out)
+    spec.out.mkdir(parents=True, exist_ok=True)
+    manifest = ensure_split(spec, progress=progress)
+    record_spec(spec, manifest)
+    total, k = len(spec.methods) * len(spec.seeds), 0
+    for seed in spec.seeds:
+        for method in spec.methods:
+            k += 1
+            t0 = time.time()
+            status = run_one(spec, method, seed, manifest, progress=progress)
+            log(f"[{k}/{total}] {method} seed {seed}: {status} ({time.time() - t0:.0f} s)")
+    summary = write_results(spec.out)
+    log(f"results: {spec.out / 'results.csv'}, summary: {spec.out / 'summary.json'}")
+    return summary
