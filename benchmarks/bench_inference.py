@@ -35,12 +35,14 @@ class BareResNet18(nn.Module):
         return self.net(x).squeeze(1)
 
 
-def runner(model: nn.Module, x: torch.Tensor, *, bf16: bool):
-    """A closure running one forward pass (bf16 → autocast + channels_last)."""
+def runner(model: nn.Module, x: torch.Tensor, *, bf16: bool, compile: bool = False):
+    """A closure running one forward pass (bf16 → autocast + channels_last; optional torch.compile)."""
     model = model.eval()
     if bf16:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
+    if compile:
+        model = torch.compile(model)
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
     def run() -> None:
@@ -87,6 +89,8 @@ def main() -> None:
             ("proposed", "fp32 eager"): runner(proposed, x, bf16=False),
             ("bare", "bf16 + channels_last"): runner(bare, x, bf16=True),
             ("proposed", "bf16 + channels_last"): runner(proposed, x, bf16=True),
+            ("bare", "bf16 + channels_last + torch.compile"): runner(bare, x, bf16=True, compile=True),
+            ("proposed", "bf16 + channels_last + torch.compile"): runner(proposed, x, bf16=True, compile=True),
             ("bare", "ONNX Runtime fp32"): onnx_runner(bare, x, Path(tmp) / "bare.onnx", bare=True),
             ("proposed", "ONNX Runtime fp32"): onnx_runner(proposed, x, Path(tmp) / "p.onnx", bare=False),
         }
@@ -94,7 +98,8 @@ def main() -> None:
     ips = {k: a.batch / v for k, v in secs.items()}
     base = ips[("bare", "fp32 eager")]
     rows = []
-    for backend in ("fp32 eager", "bf16 + channels_last", "ONNX Runtime fp32"):
+    for backend in ("fp32 eager", "bf16 + channels_last", "bf16 + channels_last + torch.compile",
+                    "ONNX Runtime fp32"):
         b, m = ips[("bare", backend)], ips[("proposed", backend)]
         rows.append([backend, f"{b:.1f}", f"{m:.1f}", f"{b / m:.3f}", f"{m / base:.2f}×"])
     print(f"CPU: {cpu_model()}; batch {a.batch}, 224 px, median of {a.rounds} interleaved rounds\n")

@@ -70,8 +70,8 @@ def main() -> None:
                     pred.model(tiles[s:s + a.batch_size])
 
         secs = interleaved({"end_to_end": end_to_end, "model_only": model_only}, rounds=a.rounds, warmup=0)
+        w, h = Image.open(photo).size
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    w, h = Image.open(photo).size
     print(f"CPU: {cpu_model()}")
     print(f"photo {w}×{h}, {int(phases['n_tiles'])} tiles of 224 px (overlap {pred.overlap}), batch "
           f"{a.batch_size}, {a.precision}; median of {a.rounds} interleaved rounds")

@@ -22,6 +22,8 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
                    help="AHR keeps map values above this per-window percentile (default: as trained, 90)")
     g.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (bounds memory)")
     g.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="torch or ONNX Runtime")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (~20 s once, then ~1.25x faster; for big batches of images)")
     g.add_argument("--precision", choices=["bf16", "32"], default="bf16",
                    help="bf16 autocast + channels_last (default, ~2x faster on CPU) or fp32")
 
@@ -33,7 +35,7 @@ def _predictor(a: argparse.Namespace):
         raise CracklocError("need --tile ≥ 32, 0 ≤ --overlap < 1, --scale > 0, --batch-size ≥ 1")
     return Predictor(a.checkpoint, backend=a.backend, tile=a.tile, overlap=a.overlap, scale=a.scale,
                      gate=a.gate, batch_size=a.batch_size, precision=a.precision,
-                     ahr_percentile=a.ahr_percentile)
+                     ahr_percentile=a.ahr_percentile, compile=a.compile)
 
 
 def _summarize(report, out: Path) -> int:

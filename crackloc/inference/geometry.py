@@ -267,6 +267,17 @@ def _width_map(mask: np.ndarray, dist: np.ndarray) -> np.ndarray:
     return ndi.maximum_filter(np.where(mask, dist + d_in, 0.0), size=3)
 
 
+def _ring_box(box: tuple[slice, slice], shape: tuple[int, int]) -> tuple[slice, slice]:
+    """A crack's bounding box grown by 1 px (clipped to the image).
+
+    Skeleton, distances and widths of a crack depend only on its pixels and the background
+    ring around them, so each crack is measured on this crop: the cost grows with the crack
+    area, not the photo size, and the result equals the whole-image computation.
+    """
+    (y, x), (h, w) = box, shape
+    return slice(max(y.start - 1, 0), min(y.stop + 1, h)), slice(max(x.start - 1, 0), min(x.stop + 1, w))
+
+
 def _components(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, int]:
     """8-connected components with ≥ min_area pixels, labelled 1..n in raster order."""
     labels, n = label(mask, connectivity=2, return_num=True)
@@ -305,21 +316,20 @@ def measure_cracks(mask: Any, *, mm_per_px: float | None = None, min_area: int =
     labels, n = _components(m, min_area)  # [H,W] int, 0 = background
     if n == 0:
         return CrackReport([], *m.shape, mm_per_px=mm_per_px, min_area=min_area)
-    kept = labels > 0
-    dist = ndi.distance_transform_edt(kept)  # [H,W] distance to nearest background pixel
-    skel = skeletonize(kept)
-    lengths = _skeleton_lengths(skel, dist, labels, n)
-    width = _width_map(kept, dist)  # [H,W]
     cracks = []
-    for region in regionprops(labels):
-        i = region.label
-        on_skel = skel[region.slice] & (labels[region.slice] == i)
-        w = width[region.slice][on_skel]  # [N]
+    for region, box in zip(regionprops(labels), ndi.find_objects(labels), strict=True):
+        ys, xs = _ring_box(box, labels.shape)
+        comp = labels[ys, xs] == region.label  # [h',w'] this crack alone, 1-px ring around it
+        dist = ndi.distance_transform_edt(comp)  # [h',w'] distance to nearest background pixel
+        skel = skeletonize(comp)
+        length = _skeleton_lengths(skel, dist, comp.astype(np.int32), 1)[1]
+        width = _width_map(comp, dist)  # [h',w']
+        w = width[skel & comp]  # [N]
         if w.size == 0:  # no skeleton: fall back to the widest point
-            w = np.array([width[region.slice][labels[region.slice] == i].max()])
+            w = np.array([width[comp].max()])
         y0, x0, y1, x1 = region.bbox
-        sk = np.argwhere(on_skel) + np.array([y0, x0])
-        cracks.append(Crack(index=i, area_px=int(region.area), length_px=float(lengths[i]),
+        sk = np.argwhere(skel & comp) + np.array([ys.start, xs.start])
+        cracks.append(Crack(index=region.label, area_px=int(region.area), length_px=float(length),
                             mean_width_px=float(w.mean()), max_width_px=float(w.max()),
                             orientation_deg=_orientation_deg(region.orientation),
                             bbox=(int(x0), int(y0), int(x1), int(y1)), mm_per_px=mm_per_px, skeleton=sk))

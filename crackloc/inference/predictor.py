@@ -42,7 +42,7 @@ class Predictor:
     def __init__(self, checkpoint: str | Path | None = None, *, backend: str = "torch", device: str = "cpu",
                  precision: str = "bf16", tile: int = 224, overlap: float = 0.25, scale: float = 1.0,
                  gate: bool = False, batch_size: int = 16, threshold: float | None = None,
-                 ahr_percentile: float | None = None) -> None:
+                 ahr_percentile: float | None = None, compile: bool = False) -> None:
         from crackloc.models.checkpoint import load_model
 
         self.checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()
@@ -60,6 +60,8 @@ class Predictor:
             raise CracklocError(f"unknown backend {backend!r} (torch or onnx)")
         elif precision == "bf16":
             self.model = self.model.to(memory_format=torch.channels_last)
+        if compile and backend == "torch":
+            self.model = torch.compile(self.model)  # ~20 s once; pays off over many tiles/images
         self.device, self.precision = torch.device(device), precision
         self.tile, self.overlap, self.scale, self.gate, self.batch_size = tile, overlap, scale, gate, batch_size
 
