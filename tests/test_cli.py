@@ -67,3 +67,12 @@ def test_every_subcommand_has_help():
     sub = next(a for a in parser._actions if a.dest == "command")
     for name, p in sub.choices.items():
         assert p.description, name
+
+
+def test_predict_with_the_onnx_backend_matches_torch(tiny_run: Path, crack_folder: Path, tmp_path: Path):
+    img = crack_folder / "Positive" / sorted(p.name for p in (crack_folder / "Positive").iterdir())[0]
+    for backend in ("torch", "onnx"):
+        assert main(["predict", str(img), "--checkpoint", str(tiny_run / "model.pt"), "--backend", backend,
+                     "--precision", "32", "--out", str(tmp_path / backend)]) == 0
+    a, b = (json.loads((tmp_path / k / "predictions.jsonl").read_text()) for k in ("torch", "onnx"))
+    assert abs(a["crack_probability"] - b["crack_probability"]) < 1e-3

@@ -32,8 +32,9 @@ def predict_batches(model: torch.nn.Module, images: torch.Tensor, *, batch_size:
                     precision: str = "bf16", channels_last: bool = True, with_heatmaps: bool = False,
                     progress: bool = False, desc: str = "predicting") -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run a model over uint8 images [N,3,S,S]: → (probabilities [N], heatmaps [N,1,S,S] or None)."""
-    device = next(model.parameters()).device
-    if channels_last:
+    is_torch = isinstance(model, torch.nn.Module)  # else an ONNX Runtime predictor (CPU)
+    device = next(model.parameters()).device if is_torch else torch.device("cpu")
+    if channels_last and is_torch:
         model = model.to(memory_format=torch.channels_last)
     probs, heats = [], []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):

@@ -48,6 +48,7 @@ class Predictor:
         self.checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()
         self.model, payload = load_model(self.checkpoint, device=device)
         self.meta = payload.get("meta", {})
+        self.tile, self.overlap, self.scale, self.gate, self.batch_size = tile, overlap, scale, gate, batch_size
         self.threshold = threshold if threshold is not None else float(self.meta.get("val_threshold", 0.5))
         if ahr_percentile is not None and getattr(self.model, "ahr", None) is not None:
             if not 0 <= ahr_percentile < 100:
@@ -63,7 +64,6 @@ class Predictor:
         if compile and backend == "torch":
             self.model = torch.compile(self.model)  # ~20 s once; pays off over many tiles/images
         self.device, self.precision = torch.device(device), precision
-        self.tile, self.overlap, self.scale, self.gate, self.batch_size = tile, overlap, scale, gate, batch_size
 
     def _onnx_model(self):
         from crackloc.inference.export import OnnxPredictor, export_onnx
