@@ -17,6 +17,8 @@ import yaml
 from crackloc.errors import CracklocError
 from crackloc.io import write_text
 
+DEFAULT_AHR_PERCENTILE = 50.0  # AHR cut at inference (training uses 90): chosen by dev PxAP, docs/localization.md
+
 
 @dataclass
 class ModelConfig:

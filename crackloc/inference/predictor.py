@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from crackloc.config import DEFAULT_AHR_PERCENTILE
 from crackloc.errors import CracklocError
 from crackloc.evaluation.classification import autocast_for
 
@@ -41,8 +42,8 @@ class Predictor:
 
     def __init__(self, checkpoint: str | Path | None = None, *, backend: str = "torch", device: str = "cpu",
                  precision: str = "bf16", tile: int = 224, overlap: float = 0.25, scale: float = 1.0,
-                 gate: bool = False, batch_size: int = 16, threshold: float | None = None,
-                 ahr_percentile: float | None = None, compile: bool = False) -> None:
+                 gate: bool = True, batch_size: int = 16, threshold: float | None = None,
+                 ahr_percentile: float | None = DEFAULT_AHR_PERCENTILE, compile: bool = False) -> None:
         from crackloc.models.checkpoint import load_model
 
         self.checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()

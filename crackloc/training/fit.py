@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -23,6 +24,10 @@ def checkpoint_every() -> int:
     """Train steps between "last" checkpoints: $CRACKLOC_CHECKPOINT_EVERY or STEP_CHECKPOINT_EVERY."""
     value = os.environ.get("CRACKLOC_CHECKPOINT_EVERY", "")
     return int(value) if value.isdigit() and int(value) > 0 else STEP_CHECKPOINT_EVERY
+
+
+# Lightning's start-up chatter (accelerator lines, a cloud-logger tip) is not for our users.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 
 
 def make_trainer(train_cfg: TrainConfig, ckpt_dir: Path, csv_path: Path, *, epochs: int,

@@ -90,7 +90,8 @@ class EpochCSV(L.Callback):
                "elapsed_s": round(time.time() - self.t0, 1)}
         rows = []
         if self.path.is_file():
-            rows = [r for r in csv.DictReader(self.path.open()) if int(r["epoch"]) < row["epoch"]]
+            with self.path.open(encoding="utf-8") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < row["epoch"]]
         rows.append(row)
 
         def write(f) -> None:
