@@ -101,11 +101,11 @@ def _run_demo(a: argparse.Namespace) -> int:
         train_run(cfg, run)
         m = evaluate_run(run)["at_0.5"]
         print(f"    test split of the sample: AUROC {m['auroc']:.3f}, accuracy {m['accuracy']:.3f} "
-              f"(tiny data, random init: expect modest numbers) → {run}/metrics.md")
+              f"(30 patches at 112 px, random init: a smoke test, not a benchmark) → {run}/metrics.md")
         print("2/3 mapping the sample photo with the model just trained")
         predict_files(Predictor(run / "model.pt", tile=112), [photo], out / "own_model", progress=False)
     if BUNDLED_MODEL.is_file():
-        print("3/3 mapping the sample photo with the bundled model (trained on 11k Özgenel patches)")
+        print("3/3 mapping the sample photo with the bundled model (quick preset, 3,000 Özgenel patches; docs/model_card.md)")
         report = predict_files(Predictor(), [photo], out / "bundled_model", geometry=True, progress=False)
         rec = report.records[0]
         print(f"    crack probability {rec['crack_probability']:.3f}, {rec['geometry']['count']} cracks, "
