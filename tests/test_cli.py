@@ -76,3 +76,10 @@ def test_predict_with_the_onnx_backend_matches_torch(tiny_run: Path, crack_folde
                      "--precision", "32", "--out", str(tmp_path / backend)]) == 0
     a, b = (json.loads((tmp_path / k / "predictions.jsonl").read_text()) for k in ("torch", "onnx"))
     assert abs(a["crack_probability"] - b["crack_probability"]) < 1e-3
+
+
+def test_export_command_writes_a_checked_onnx_file(tiny_run: Path, tmp_path: Path, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export", "--checkpoint", str(tiny_run / "model.pt"), "--out", str(out),
+                 "--image-size", "112"]) == 0
+    assert out.stat().st_size > 1_000_000 and "checked against torch" in capsys.readouterr().out
