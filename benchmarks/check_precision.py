@@ -62,7 +62,7 @@ def main() -> None:
                  for k, (m, prec, cl) in runs.items()}
         masks = MaskDataset(a.masks) if a.masks else None
         rows_out = []
-        for k, (m, prec, cl) in runs.items():
+        for k, (m, prec, _) in runs.items():
             c = classification_metrics(probs[k], test.labels)
             agree = float(((probs[k] > 0.5) == (probs["fp32 eager"] > 0.5)).float().mean())
             row = [k, f"{c['auroc']:.4f}", f"{c['accuracy']:.4f}", f"{agree:.4f}"]
