@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import torch.nn.functional as F
 from torchmetrics.functional.classification import (
     binary_accuracy,
     binary_auroc,
@@ -15,8 +14,8 @@ from torchmetrics.functional.classification import (
 )
 from tqdm import tqdm
 
-from crackloc.models.refine import percentile_threshold
 from crackloc.training.module import to_input
+from crackloc.training.pseudo import cam_masks
 
 
 def autocast_for(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
@@ -82,20 +81,10 @@ def pseudo_mask_iou(heatmaps: torch.Tensor, teacher_cams: torch.Tensor, *, heat_
 
     heatmaps [N,1,S,S] in [0,1]; teacher_cams [N,1,h,w] raw CAMs, upsampled to S×S here.
     """
-    cams = F.interpolate(teacher_cams.float(), size=heatmaps.shape[-2:], mode="bilinear", align_corners=False)
-    ref = cams >= percentile_threshold(cams, percentile)  # [N,1,S,S]
+    ref = cam_masks(teacher_cams, size=tuple(heatmaps.shape[-2:]), percentile=percentile)  # [N,1,S,S]
     pred = heatmaps >= heat_threshold
     inter = (pred & ref).flatten(1).sum(1).float()
     union = (pred | ref).flatten(1).sum(1).float().clamp(min=1)
     iou = inter / union  # [N]
     return {"iou_vs_teacher_pseudo_mean": float(iou.mean()),
             "iou_vs_teacher_pseudo_std": float(iou.std()) if len(iou) > 1 else 0.0, "n": len(iou)}
-
-
-def teacher_cams(teacher: torch.nn.Module, images: torch.Tensor, *, batch_size: int = 64) -> torch.Tensor:
-    """Raw teacher CAMs for uint8 images [N,3,S,S] → [N,1,h,w]."""
-    out = []
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        for start in range(0, len(images), batch_size):
-            out.append(teacher.raw_cam(to_input(images[start:start + batch_size], channels_last=False)).float())
-    return torch.cat(out)

@@ -5,18 +5,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from crackloc.config import RunConfig, load_config
 from crackloc.errors import CracklocError
 from crackloc.evaluation.classification import (
     classification_metrics,
     predict_batches,
     pseudo_mask_iou,
-    teacher_cams,
 )
 from crackloc.io import write_json, write_text
 from crackloc.models.checkpoint import load_model
+from crackloc.training.pseudo import teacher_cams
 from crackloc.training.run import ensure_manifest, load_splits
 
 
@@ -77,6 +75,4 @@ def evaluate_run(run: str | Path | None = None, *, checkpoint: str | Path | None
         metrics["pseudo_iou"] = pseudo_mask_iou(heatmaps[pos], cams, percentile=cfg.train.pseudo_percentile)
     write_json(out / "metrics.json", metrics)
     write_text(out / "metrics.md", markdown_table(metrics))
-    del heatmaps
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return metrics

@@ -11,6 +11,28 @@ from crackloc.training.module import to_input
 
 
 @torch.no_grad()
+def teacher_cams(teacher: torch.nn.Module, images: torch.Tensor, *, batch_size: int = 64,
+                 channels_last: bool = False, progress: bool = False) -> torch.Tensor:
+    """Raw CAMs of a teacher (a model with `raw_cam`): uint8 [N,3,S,S] → float [N,1,h,w]."""
+    teacher = teacher.eval()
+    if channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    out = []
+    for start in tqdm(range(0, len(images), batch_size), desc="teacher CAMs", disable=not progress,
+                      leave=False):
+        x = to_input(images[start:start + batch_size], channels_last=channels_last)  # [b,3,S,S]
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            out.append(teacher.raw_cam(x).float())  # [b,1,h,w]
+    return torch.cat(out)
+
+
+def cam_masks(cams: torch.Tensor, *, size: tuple[int, int], percentile: float) -> torch.Tensor:
+    """CAMs [N,1,h,w] → bool masks [N,1,*size]: upsampled, cut at the per-image percentile."""
+    cams = F.interpolate(cams.float(), size=size, mode="bilinear", align_corners=False)
+    return cams >= percentile_threshold(cams, percentile)
+
+
+@torch.no_grad()
 def pseudo_masks(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
                  grid: tuple[int, int], percentile: float = 95.0, negatives: str = "zeros",
                  batch_size: int = 64, progress: bool = True) -> torch.Tensor:
@@ -25,17 +47,10 @@ def pseudo_masks(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.T
     Returns:
         float16 [N,1,h,w] in [0,1] (fraction of each cell above the threshold).
     """
-    teacher = teacher.eval().to(memory_format=torch.channels_last)
-    out = []
-    for start in tqdm(range(0, len(images), batch_size), desc="pseudo masks", disable=not progress,
-                      leave=False):
-        x = to_input(images[start:start + batch_size], channels_last=True)  # [b,3,S,S]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=x.device.type == "cpu"):
-            cam = teacher.raw_cam(x)  # [b,1,h',w']
-        cam = F.interpolate(cam.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
-        binary = (cam >= percentile_threshold(cam, percentile)).float()  # [b,1,S,S]
-        out.append(F.adaptive_avg_pool2d(binary, grid))  # [b,1,h,w]
-    masks = torch.cat(out)
+    cams = teacher_cams(teacher, images, batch_size=batch_size, channels_last=True, progress=progress)
+    size = tuple(images.shape[-2:])
+    masks = torch.cat([F.adaptive_avg_pool2d(cam_masks(c, size=size, percentile=percentile).float(), grid)
+                       for c in cams.split(batch_size)])  # [N,1,h,w]; chunks bound the S×S masks
     if negatives == "zeros":
         masks[labels < 0.5] = 0.0
     return masks.half()
