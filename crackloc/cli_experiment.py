@@ -29,6 +29,12 @@ def _experiment_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--masks", help="folder with images/ and masks/ to score localisation against human masks")
     p.add_argument("--max-images", type=int, default=20,
                    help="human-mask images scored per run (default 20; tiled inference is slow on a CPU)")
+    p.add_argument("--loc-scale", type=float, default=6.0,
+                   help="upscale the mask images by this before tiling (default 6: CrackForest's 2-5 px "
+                        "cracks then look like the 10-30 px cracks of the training patches; see "
+                        "docs/localization.md)")
+    p.add_argument("--loc-gate", action=argparse.BooleanOptionalAction, default=True,
+                   help="gate each window's heatmap by its crack probability (default on)")
     p.add_argument("--pretrained", choices=["auto", "none"],
                    help="ImageNet weights for every model: 'auto' (cached files if any) or 'none'")
     p.add_argument("--epochs", type=int, help="student epochs (overrides the preset)")
@@ -51,6 +57,8 @@ def _run_experiment(a: argparse.Namespace) -> int:
         raise CracklocError("give --data DIR or --manifest CSV")
     if a.max_images is not None and a.max_images < 2:
         raise CracklocError("--max-images must be at least 2 (a dev and a test image)")
+    if a.loc_scale <= 0:
+        raise CracklocError(f"--loc-scale must be > 0, got {a.loc_scale}")
     over = {"train.epochs": a.epochs, "train.teacher_epochs": a.teacher_epochs, "data.max_train": a.max_train}
     if a.pretrained:
         over.update({"model.pretrained": a.pretrained, "teacher.pretrained": a.pretrained})
@@ -59,6 +67,7 @@ def _run_experiment(a: argparse.Namespace) -> int:
         data=str(Path(a.data).resolve()) if a.data else "",
         manifest=str(Path(a.manifest).resolve()) if a.manifest else "",
         masks=str(Path(a.masks).resolve()) if a.masks else "", max_images=a.max_images,
+        loc_scale=a.loc_scale, loc_gate=a.loc_gate,
         overrides={k: v for k, v in over.items() if v is not None})
     if spec.masks and not Path(spec.masks).is_dir():
         raise CracklocError(f"{spec.masks}: no such folder")

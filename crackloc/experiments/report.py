@@ -161,8 +161,10 @@ def build_report(exp: str | Path, *, figures: bool = True, n_images: int = 4) ->
                  "with the teacher, whose CAM made the proposed model's training targets)", "iou", iou_table(summary))]
     human = human_mask_table(summary)
     if human:
-        sections.append((f"Localisation against human masks (`{spec.get('masks')}`; tiled, threshold chosen "
-                         "on a dev part of the masks)", "human_masks", human))
+        sections.append((f"Localisation against human masks (`{spec.get('masks')}`, {spec.get('max_images')} "
+                         f"images per run; tiled at scale {spec.get('loc_scale', 1.0)}, gate "
+                         f"{'on' if spec.get('loc_gate', False) else 'off'}; F1/IoU at the threshold chosen on "
+                         "a dev part of those images, 2 px tolerance)", "human_masks", human))
     for title, name, (markdown, rows) in sections:
         parts += ["", f"## {title}", "", markdown]
         write_csv(out / f"{name}.csv", rows)

@@ -53,6 +53,8 @@ class ExperimentSpec:
     manifest: str = ""
     masks: str = ""  # images/ + masks/ folder for localisation against human masks
     max_images: int | None = 20  # images of `masks` scored per run
+    loc_scale: float = 6.0  # photo upscaling before tiling (chosen on CrackForest dev images)
+    loc_gate: bool = True  # gate each window's map by its crack probability
     overrides: dict[str, Any] = field(default_factory=dict)  # dotted RunConfig keys
 
 
@@ -134,23 +136,30 @@ def record_spec(spec: ExperimentSpec, manifest: Path) -> None:
                             f"{saved['overrides']}; use a new --out for different settings")
     record = {"preset": spec.preset, "overrides": spec.overrides, "manifest": str(manifest),
               "data": spec.data, "masks": spec.masks or saved.get("masks", ""), "max_images": spec.max_images,
+              "loc_scale": spec.loc_scale, "loc_gate": spec.loc_gate,
               "methods": list(dict.fromkeys(saved.get("methods", []) + spec.methods)),
               "seeds": sorted(set(saved.get("seeds", [])) | set(spec.seeds)),
               "experiment_preset": EXPERIMENT_PRESETS.get(spec.preset, {})}
     write_json(path, record)
 
 
-def localize(run: Path, masks: str, *, image_size: int, max_images: int | None, progress: bool) -> dict:
-    """Score RUN/model.pt's tiled heatmaps against human masks into RUN/localization/."""
+def localize(run: Path, spec: ExperimentSpec, *, image_size: int, progress: bool) -> dict:
+    """Score RUN/model.pt's tiled heatmaps against human masks into RUN/localization/.
+
+    Uses the inference defaults (AHR cut at DEFAULT_AHR_PERCENTILE) and spec's scale and gate.
+    """
     import torch
 
+    from crackloc.config import DEFAULT_AHR_PERCENTILE
     from crackloc.evaluation.localize_run import evaluate_localization
     from crackloc.models.checkpoint import load_model
 
     model, _ = load_model(run / "model.pt")
-    return evaluate_localization(model, masks, run / "localization", tile=image_size, overlap=0.25,
-                                 max_images=max_images, n_overlays=4, amp_dtype=torch.bfloat16,
-                                 progress=progress)
+    if getattr(model, "ahr", None) is not None:
+        model.ahr.percentile = DEFAULT_AHR_PERCENTILE
+    return evaluate_localization(model, spec.masks, run / "localization", tile=image_size, overlap=0.25,
+                                 scale=spec.loc_scale, gate=spec.loc_gate, max_images=spec.max_images,
+                                 n_overlays=4, amp_dtype=torch.bfloat16, progress=progress)
 
 
 def run_one(spec: ExperimentSpec, method: str, seed: int, manifest: Path, *, progress: bool) -> str:
@@ -167,7 +176,7 @@ def run_one(spec: ExperimentSpec, method: str, seed: int, manifest: Path, *, pro
         train_run(cfg, run, resume=(run / "config.yaml").is_file(), progress=progress,
                   teacher_dir=spec.out / "teachers" / f"seed{seed}")
     if not loc_done:
-        localize(run, spec.masks, image_size=cfg.data.image_size, max_images=spec.max_images, progress=progress)
+        localize(run, spec, image_size=cfg.data.image_size, progress=progress)
     if not (run / "metrics.json").is_file():  # written last: the run's completion marker
         evaluate_run(run, progress=progress)
     return "done"
