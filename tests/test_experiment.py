@@ -161,6 +161,7 @@ def test_masks_given_later_score_the_finished_runs(experiment, tmp_path):
     assert summary["methods"]["crackloc"]["pxap"]["n"] == 2
     saved = json.loads((experiment.out / "experiment.json").read_text())
     assert saved["masks"] == str(masks) and saved["loc_scale"] == 1.0 and saved["loc_gate"] is False
-    text = build_report(experiment.out, figures=False).read_text()
+    text = build_report(experiment.out, n_images=2).read_text()
     assert "Localisation against human masks" in text and "scale 1.0, gate off" in text
-    assert (experiment.out / "report" / "human_masks.csv").stat().st_size > 0
+    for name in ("human_masks.csv", "qualitative_masks.png"):
+        assert (experiment.out / "report" / name).stat().st_size > 0, name

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from crackloc.config import load_config
-from crackloc.experiments.runner import BASELINES, PROPOSED, method_dir
+from crackloc.experiments.runner import BASELINES, PROPOSED, load_for_localization, method_dir
 from crackloc.io import save_figure
 
 METRIC_LABELS = {"train_loss": "train loss", "val_loss": "val loss (BCE)", "val_auroc": "val AUROC",
@@ -131,11 +131,15 @@ def plot_qualitative(exp: Path, out: Path, spec: dict, *, n_images: int = 4) -> 
 
 
 @torch.inference_mode()
-def plot_qualitative_masks(exp: Path, out: Path, masks: str, *, n_images: int = 3) -> Path | None:
-    """qualitative_masks.png: tiled heatmaps of the first human-annotated images, with their masks."""
+def plot_qualitative_masks(exp: Path, out: Path, spec: dict, *, n_images: int = 3) -> Path | None:
+    """qualitative_masks.png: tiled heatmaps of the first human-annotated images, with their masks.
+
+    Tiled as the human-mask scores were (spec's loc_scale and loc_gate, inference AHR cut).
+    """
     from crackloc.data.masks import MaskDataset
     from crackloc.inference.tiling import predict_tiled
-    from crackloc.models.checkpoint import load_model
+
+    masks = spec.get("masks", "")
 
     seeds = sorted(p.name for p in (exp / "runs" / PROPOSED).glob("seed*") if (p / "config.yaml").is_file())
     if not seeds or not masks or not Path(masks).is_dir():
@@ -146,9 +150,10 @@ def plot_qualitative_masks(exp: Path, out: Path, masks: str, *, n_images: int = 
     columns = _columns(exp, seeds[0])
     grid = [[img.permute(1, 2, 0).float() / 255.0] for _, img, _ in samples]
     for _, path in columns:
-        model = load_model(path)[0]
+        model = load_for_localization(path)
         for row, (_, img, _) in zip(grid, samples, strict=True):
-            row.append(predict_tiled(model, img, tile=size, overlap=0.25, amp_dtype=torch.bfloat16).heatmap)
+            row.append(predict_tiled(model, img, tile=size, overlap=0.25, scale=spec.get("loc_scale", 1.0),
+                                     gate=spec.get("loc_gate", False), amp_dtype=torch.bfloat16).heatmap)
     for row, (_, _, mask) in zip(grid, samples, strict=True):
         row.append(mask.float())
     return _grid(out / "qualitative_masks.png", ["image"] + [t for t, _ in columns] + ["mask"], grid)
@@ -158,7 +163,7 @@ def make_figures(exp: Path, out: Path, spec: dict, *, n_images: int = 4) -> list
     """Every figure the report shows; returns the files written."""
     made = plot_curves(exp, out)
     for fig in (plot_qualitative(exp, out, spec, n_images=n_images),
-                plot_qualitative_masks(exp, out, spec.get("masks", ""), n_images=min(n_images, 3))):
+                plot_qualitative_masks(exp, out, spec, n_images=min(n_images, 3))):
         if fig is not None:
             made.append(fig)
     return made

@@ -143,6 +143,17 @@ def record_spec(spec: ExperimentSpec, manifest: Path) -> None:
     write_json(path, record)
 
 
+def load_for_localization(path: Path):
+    """A saved model set up as `crackloc predict` runs it (AHR cut at DEFAULT_AHR_PERCENTILE)."""
+    from crackloc.config import DEFAULT_AHR_PERCENTILE
+    from crackloc.models.checkpoint import load_model
+
+    model, _ = load_model(path)
+    if getattr(model, "ahr", None) is not None:
+        model.ahr.percentile = DEFAULT_AHR_PERCENTILE
+    return model
+
+
 def localize(run: Path, spec: ExperimentSpec, *, image_size: int, progress: bool) -> dict:
     """Score RUN/model.pt's tiled heatmaps against human masks into RUN/localization/.
 
@@ -150,13 +161,9 @@ def localize(run: Path, spec: ExperimentSpec, *, image_size: int, progress: bool
     """
     import torch
 
-    from crackloc.config import DEFAULT_AHR_PERCENTILE
     from crackloc.evaluation.localize_run import evaluate_localization
-    from crackloc.models.checkpoint import load_model
 
-    model, _ = load_model(run / "model.pt")
-    if getattr(model, "ahr", None) is not None:
-        model.ahr.percentile = DEFAULT_AHR_PERCENTILE
+    model = load_for_localization(run / "model.pt")
     return evaluate_localization(model, spec.masks, run / "localization", tile=image_size, overlap=0.25,
                                  scale=spec.loc_scale, gate=spec.loc_gate, max_images=spec.max_images,
                                  n_overlays=4, amp_dtype=torch.bfloat16, progress=progress)
