@@ -130,6 +130,8 @@ def test_cli_experiment_refuses_bad_arguments(tmp_path, capsys):
     assert main(["experiment", "--out", str(tmp_path / "e")]) == 2
     assert main(["experiment", "--data", str(tmp_path), "--out", str(tmp_path / "e"), "--methods", "foo"]) == 2
     assert "unknown method" in capsys.readouterr().err
+    assert main(["experiment", "--data", str(tmp_path), "--out", str(tmp_path / "e"), "--loc-scale", "0"]) == 2
+    assert "--loc-scale must be > 0" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nothing")]) == 2
 
 
@@ -159,6 +161,12 @@ def test_masks_given_later_score_the_finished_runs(experiment, tmp_path):
         assert loc["n_images"] == 4 and 0.0 <= loc["pxap"] <= 1.0 and loc["scale"] == 1.0
         assert (r / "model.pt").stat().st_mtime_ns == models[r]  # scored, not retrained
     assert summary["methods"]["crackloc"]["pxap"]["n"] == 2
+    from crackloc.config import DEFAULT_AHR_PERCENTILE
+    from crackloc.experiments.runner import load_for_localization
+
+    # scored as `crackloc predict` runs the model: AHR cut at the inference percentile, not the trained 90
+    assert load_for_localization(run_dir(experiment.out, "crackloc", 0) / "model.pt").ahr.percentile == \
+        DEFAULT_AHR_PERCENTILE != 90
     saved = json.loads((experiment.out / "experiment.json").read_text())
     assert saved["masks"] == str(masks) and saved["loc_scale"] == 1.0 and saved["loc_gate"] is False
     text = build_report(experiment.out, n_images=2).read_text()

@@ -144,14 +144,13 @@ def record_spec(spec: ExperimentSpec, manifest: Path) -> None:
 
 
 def load_for_localization(path: Path):
-    """A saved model set up as `crackloc predict` runs it (AHR cut at DEFAULT_AHR_PERCENTILE)."""
-    from crackloc.config import DEFAULT_AHR_PERCENTILE
-    from crackloc.models.checkpoint import load_model
+    """A saved model set up by `Predictor` as `crackloc predict` runs it (inference AHR cut).
 
-    model, _ = load_model(path)
-    if getattr(model, "ahr", None) is not None:
-        model.ahr.percentile = DEFAULT_AHR_PERCENTILE
-    return model
+    Precision stays fp32 here: callers pass their own autocast dtype to the tiler.
+    """
+    from crackloc.inference.predictor import Predictor
+
+    return Predictor(path, precision="32").model
 
 
 def localize(run: Path, spec: ExperimentSpec, *, image_size: int, progress: bool) -> dict:
