@@ -1,23 +1,33 @@
-"""Typed run configuration, presets, and validated YAML round trips.
+"""Typed configs (run, model, data, training, inference), presets, and validated YAML round trips.
 
 Every run saves its `RunConfig` as `config.yaml`, so any number can be traced back to it.
+Allowed values live on the fields themselves: a `Literal[...]` type lists the choices and
+`RANGES` gives the closed numeric range of a field; `from_dict` checks both, and the CLI
+builds its `choices=` lists and option checks from them (`choices_of`, `check_value`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from crackloc.errors import CracklocError
 from crackloc.io import write_text
 
-DEFAULT_AHR_PERCENTILE = 50.0  # AHR cut at inference (training uses 90): chosen by dev PxAP, docs/localization.md
+BackboneName = Literal["resnet18", "lite0"]
+FusionMode = Literal["none", "concat", "attention"]
+HeatmapNorm = Literal["max", "sigmoid"]
+NegativePseudo = Literal["zeros", "cam"]
+Precision = Literal["bf16", "32"]
+Backend = Literal["torch", "onnx"]
+PresetName = Literal["paper", "quick", "tiny"]
 
 
 @dataclass
@@ -25,17 +35,20 @@ class ModelConfig:
     """A localization model, built through the registry by `name`."""
 
     name: str = "crackloc"  # registry key: crackloc (proposed), resnet18_cam (teacher), ...
-    backbone: str = "resnet18"  # resnet18 | lite0
+    backbone: BackboneName = "resnet18"
     pretrained: str = "auto"  # auto (cached torchvision/timm file if any) | none | PATH
     scales: list[str] | None = None  # backbone stages fused by MS-RFE; None = backbone default
     output_stride: int = 32  # 8 | 16 | 32: stride of the deepest backbone stage (16 = DESIGN's literal reading)
     fusion_stride: int = 16  # MS-RFE fuses on this grid: 14×14 at 224 px (layer4 upsampled, layer2 pooled)
-    fusion: str = "attention"  # none (deepest scale only) | concat | attention (SE)
+    fusion: FusionMode = "attention"  # none (deepest scale only) | concat | attention (SE)
     fused_channels: int = 512
     se_reduction: int = 16
     ahr: bool = True  # spatial attention + percentile threshold
     ahr_percentile: float = 90.0
-    heatmap_norm: str = "max"  # max (per-image max → 1, as the paper) | sigmoid (absolute)
+    heatmap_norm: HeatmapNorm = "max"  # max (per-image max → 1, as the paper) | sigmoid (absolute)
+    # Train with the L1 term against pseudo masks; None = the registered model's own default
+    # (True for crackloc and psol, False for the CAM baselines). The ablation rows keep True.
+    uses_pseudo_masks: bool | None = None
 
 
 @dataclass
@@ -62,9 +75,9 @@ class TrainConfig:
     patience: int = 5  # early stopping on validation AUROC
     lambda_l1: float = 0.5  # weight of L1(heatmap, teacher pseudo mask)
     pseudo_percentile: float = 95.0  # teacher CAM threshold for pseudo masks
-    negative_pseudo: str = "zeros"  # zeros | cam (pseudo masks of crack-free images)
+    negative_pseudo: NegativePseudo = "zeros"  # pseudo masks of crack-free images
     seed: int = 0
-    precision: str = "bf16"  # bf16 (autocast) | 32
+    precision: Precision = "bf16"  # bf16 autocast (training, teacher CAMs, DDT) | 32
     channels_last: bool = True
     augment: bool = True  # random flips and 90° rotations
     num_workers: int = 0
@@ -75,46 +88,96 @@ class TrainConfig:
 class RunConfig:
     """Everything a `crackloc train` run needs."""
 
-    preset: str = "paper"
+    preset: PresetName = "paper"
     model: ModelConfig = field(default_factory=ModelConfig)
     teacher: ModelConfig = field(
-        default_factory=lambda: ModelConfig(name="resnet18_cam", output_stride=32, fusion="none", ahr=False)
+        default_factory=lambda: ModelConfig(name="resnet18_cam", output_stride=32, fusion="none", ahr=False,
+                                            uses_pseudo_masks=False)
     )
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "backbone": ("resnet18", "lite0"),
-    "fusion": ("none", "concat", "attention"),
-    "heatmap_norm": ("max", "sigmoid"),
-    "negative_pseudo": ("zeros", "cam"),
-    "precision": ("bf16", "32"),
-    "preset": ("paper", "quick", "tiny"),
-}
+@dataclass
+class InferenceConfig:
+    """How a model file is run on images of any size: one default per field, used by every caller.
+
+    `predict`, `evaluate-localization`, the experiment runner, the figures and the benchmarks
+    all build their `Predictor` from one of these, so the same image and settings give the same
+    map everywhere. Defaults were chosen on CrackForest's dev images (docs/localization.md).
+    """
+
+    tile: int = 224  # window side in model pixels
+    overlap: float = 0.25  # fraction of a window shared with its neighbour
+    scale: float = 1.0  # resize factor applied to the photo before tiling
+    gate: bool = True  # weight each window's map by its crack probability
+    ahr_percentile: float | None = 50.0  # AHR cut at inference (None = as trained, 90)
+    precision: Precision = "bf16"  # bf16 autocast + channels_last, or fp32
+    backend: Backend = "torch"  # torch or ONNX Runtime
+    batch_size: int = 16  # windows per forward pass (bounds memory)
+    compile: bool = False  # torch.compile the model (torch backend)
+    device: str = "cpu"
+
+
+DEFAULT_AHR_PERCENTILE = InferenceConfig.ahr_percentile  # training uses ModelConfig.ahr_percentile (90)
+
+# Closed ranges [lo, hi] of numeric fields, by field name (all config classes).
 RANGES: dict[str, tuple[float, float]] = {
-    "output_stride": (8, 32), "fusion_stride": (4, 32), "ahr_percentile": (0, 100), "pseudo_percentile": (0, 100),
-    "lr": (0, 1), "weight_decay": (0, 1), "lambda_l1": (0, 100), "batch_size": (1, 4096),
-    "epochs": (0, 10_000), "teacher_epochs": (0, 10_000), "patience": (1, 10_000),
+    "output_stride": (8, 32), "fusion_stride": (4, 32), "ahr_percentile": (0, 99.9),
+    "pseudo_percentile": (0, 100), "lr": (1e-8, 1), "weight_decay": (0, 1), "lambda_l1": (0, 100),
+    "batch_size": (1, 4096), "epochs": (0, 10_000), "teacher_epochs": (0, 10_000), "patience": (1, 10_000),
     "image_size": (32, 4096), "se_reduction": (1, 512), "fused_channels": (1, 8192),
+    "max_train": (1, 10**8), "max_val": (1, 10**8), "max_test": (1, 10**8), "seed": (0, 2**32 - 1),
+    "num_workers": (0, 256), "tile": (32, 4096), "overlap": (0, 0.95), "scale": (0.01, 64),
 }
+UNITS: dict[str, str] = {"tile": "px", "scale": "x", "overlap": "of a window", "ahr_percentile": "%",
+                         "pseudo_percentile": "%", "image_size": "px"}
+
+# The presets, defined once. `quick` fits a 2-core CPU; `tiny` is for tests and the demo.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},  # as published: Adam 1e-4, wd 1e-5, batch 8, ≤ 30 epochs, patience 5
+    "quick": {"train.teacher_epochs": 2, "train.epochs": 3, "train.batch_size": 32, "train.lr": 5e-4,
+              "train.patience": 2, "data.max_train": 3000, "data.max_val": 800},
+    "tiny": {"train.teacher_epochs": 3, "train.epochs": 4, "train.batch_size": 16, "train.lr": 1e-3,
+             "train.patience": 4, "data.image_size": 112},
+}
+# Per-run budget of `crackloc experiment` (33 runs): overrides on top of the preset of that name.
+EXPERIMENT_BUDGET: dict[str, dict[str, Any]] = {
+    "quick": {"data.max_train": 2000, "data.max_val": 500, "data.max_test": 1000, "train.epochs": 2},
+}
+
+
+def choices_of(cls: type, name: str) -> tuple[Any, ...] | None:
+    """The values a `Literal` field allows (None if the field is not a Literal)."""
+    hint = typing.get_type_hints(cls)[name]
+    for part in (hint, *typing.get_args(hint)):
+        if typing.get_origin(part) is Literal:
+            return typing.get_args(part)
+    return None
+
+
+def check_value(key: str, value: Any, *, option: str | None = None) -> Any:
+    """Refuse a non-finite or out-of-range number for field `key`: → value (CracklocError otherwise).
+
+    `option` names the flag in the message (e.g. `--scale`); default the config key.
+    """
+    name = option or key
+    leaf = key.rsplit(".", 1)[-1]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise CracklocError(f"{name} must be a finite number, got {value!r}")
+    if leaf in RANGES and isinstance(value, int | float) and not isinstance(value, bool):
+        lo, hi = RANGES[leaf]
+        if not lo <= value <= hi:
+            unit = f" {UNITS[leaf]}" if leaf in UNITS else ""
+            raise CracklocError(f"{name}={value!r} is outside [{lo:g}, {hi:g}]{unit}")
+    return value
 
 
 def preset(name: str, **overrides: Any) -> RunConfig:
-    """The `paper` preset (as published) or `quick` (2-core CPU, ≤ 20 min on the 16k subset).
-
-    `tiny` is for tests and the bundled demo sample (seconds to minutes).
-    """
-    cfg = RunConfig(preset=name)
-    if name == "quick":
-        cfg.train = TrainConfig(teacher_epochs=2, epochs=3, batch_size=32, lr=5e-4, patience=2)
-        cfg.data = DataConfig(max_train=3000, max_val=800)
-    elif name == "tiny":
-        cfg.train = TrainConfig(teacher_epochs=3, epochs=4, batch_size=16, lr=1e-3, patience=4)
-        cfg.data = DataConfig(image_size=112)
-    elif name != "paper":
-        raise CracklocError(f"unknown preset {name!r} (choose paper, quick or tiny)")
-    return apply_overrides(cfg, overrides)
+    """The `paper` preset (as published), `quick` (2-core CPU) or `tiny` (tests, the demo), plus overrides."""
+    if name not in PRESETS:
+        raise CracklocError(f"unknown preset {name!r} (choose {', '.join(PRESETS)})")
+    return apply_overrides(RunConfig(preset=name), {**PRESETS[name], **overrides})
 
 
 def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
@@ -135,6 +198,12 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
 
 def _check_type(key: str, value: Any, hint: Any) -> Any:
     origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        value = str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+        if value not in allowed:
+            raise CracklocError(f"config: {key} must be one of {', '.join(map(str, allowed))}, got {value!r}")
+        return value
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(hint)
         if value is None and type(None) in args:
@@ -169,11 +238,8 @@ def from_dict(cls: type, d: dict[str, Any], prefix: str = "") -> Any:
             kwargs[key] = from_dict(hint, value, full + ".")
             continue
         value = _check_type(full, value, hint)
-        if key in CHOICES and value not in CHOICES[key]:
-            raise CracklocError(f"config: {full} must be one of {', '.join(CHOICES[key])}, got {value!r}")
-        if key in RANGES and value is not None and not RANGES[key][0] <= value <= RANGES[key][1]:
-            lo, hi = RANGES[key]
-            raise CracklocError(f"config: {full}={value!r} is outside [{lo}, {hi}]")
+        if value is not None:
+            check_value(full, value, option=f"config: {full}")
         kwargs[key] = value
     return cls(**kwargs)
 
