@@ -20,10 +20,11 @@ import torch
 from PIL import Image
 
 from benchmarks.common import cpu_model, interleaved
-from crackloc.evaluation.classification import autocast_for
+from crackloc.config import InferenceConfig
 from crackloc.inference.geometry import measure_cracks
 from crackloc.inference.predictor import ASSETS, Predictor
 from crackloc.io import load_rgb, rgb_to_tensor
+from crackloc.tensors import autocast_for
 
 SIZE = (4032, 3024)
 
@@ -43,7 +44,7 @@ def main() -> None:
     p.add_argument("--precision", choices=["bf16", "32"], default="bf16")
     a = p.parse_args()
     warnings.filterwarnings("ignore")
-    pred = Predictor(a.checkpoint, batch_size=a.batch_size, precision=a.precision)
+    pred = Predictor(a.checkpoint, InferenceConfig(batch_size=a.batch_size, precision=a.precision))
     with tempfile.TemporaryDirectory() as tmp:
         photo = Path(a.photo) if a.photo else make_photo(Path(tmp) / "photo.jpg", ASSETS / "sample_photo.jpg")
         phases: dict[str, float] = {}
@@ -73,7 +74,7 @@ def main() -> None:
         w, h = Image.open(photo).size
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print(f"CPU: {cpu_model()}")
-    print(f"photo {w}×{h}, {int(phases['n_tiles'])} tiles of 224 px (overlap {pred.overlap}), batch "
+    print(f"photo {w}×{h}, {int(phases['n_tiles'])} tiles of 224 px (overlap {pred.cfg.overlap}), batch "
           f"{a.batch_size}, {a.precision}; median of {a.rounds} interleaved rounds")
     print(f"end to end: {secs['end_to_end']:.2f} s (last round: decode {phases['decode']:.2f} s, tiled map "
           f"{phases['tiled_map']:.2f} s, geometry {phases['geometry']:.2f} s, {phases['cracks']} cracks)")

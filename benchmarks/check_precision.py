@@ -14,29 +14,19 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import torch
-
 from benchmarks.common import cpu_model, table
-from crackloc.config import RunConfig
+from crackloc.config import InferenceConfig, RunConfig
+from crackloc.data.manifest import ensure_manifest, load_splits
 from crackloc.data.masks import MaskDataset
-from crackloc.evaluation.classification import classification_metrics, predict_batches
-from crackloc.evaluation.localization import PxAPEvaluator, ThresholdEvaluator
+from crackloc.evaluation.classification import classification_metrics
+from crackloc.evaluation.localize_run import score_folder
 from crackloc.inference.predictor import Predictor, default_checkpoint
-from crackloc.training.run import ensure_manifest, load_splits
+from crackloc.tensors import predict_batches
 
-
-def localisation(model, masks: MaskDataset, *, amp: bool, scale: float) -> tuple[float, float]:
-    """(PxAP, ODS F1 at 2 px) of tiled maps over every mask image."""
-    from crackloc.inference.tiling import predict_tiled
-
-    pxap, thr = PxAPEvaluator(), ThresholdEvaluator(tolerance=2, per_image=False)
-    for i in range(len(masks)):
-        _, image, mask = masks[i]
-        heat = predict_tiled(model, image, scale=scale, amp_dtype=torch.bfloat16 if amp else None,
-                             channels_last=amp).heatmap
-        pxap.accumulate(heat, mask)
-        thr.accumulate(heat, mask)
-    return pxap.compute(), thr.compute().ods_f1
+# The fast paths, each against fp32 eager; tiled maps use the inference defaults (ungated here,
+# as this check was first run, so the map itself is compared).
+SETTINGS = {"fp32 eager": {"precision": "32"}, "bf16 + channels_last": {"precision": "bf16"},
+            "ONNX Runtime fp32": {"precision": "32", "backend": "onnx"}}
 
 
 def main() -> None:
@@ -54,21 +44,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root, rows = ensure_manifest(cfg, Path(tmp), progress=False)
         test = load_splits(cfg, root, rows, ("test",), progress=False)["test"]
-        torch_model = Predictor(ckpt, precision="32").model
-        onnx_model = Predictor(ckpt, backend="onnx").model
-        runs = {"fp32 eager": (torch_model, "32", False), "bf16 + channels_last": (torch_model, "bf16", True),
-                "ONNX Runtime fp32": (onnx_model, "32", False)}
-        probs = {k: predict_batches(m, test.images, precision=prec, channels_last=cl)[0]
-                 for k, (m, prec, cl) in runs.items()}
+        predictors = {k: Predictor(ckpt, InferenceConfig(scale=a.scale, gate=False, **v))
+                      for k, v in SETTINGS.items()}
+        probs = {k: predict_batches(p.model, test.images, precision=p.cfg.precision,
+                                    channels_last=p.cfg.precision == "bf16")[0] for k, p in predictors.items()}
         masks = MaskDataset(a.masks) if a.masks else None
         rows_out = []
-        for k, (m, prec, _) in runs.items():
+        for k, pred in predictors.items():
             c = classification_metrics(probs[k], test.labels)
             agree = float(((probs[k] > 0.5) == (probs["fp32 eager"] > 0.5)).float().mean())
             row = [k, f"{c['auroc']:.4f}", f"{c['accuracy']:.4f}", f"{agree:.4f}"]
             if masks is not None:
-                px, f1 = localisation(m, masks, amp=prec == "bf16", scale=a.scale)
-                row += [f"{px:.4f}", f"{f1:.4f}"]
+                loc = score_folder(pred, masks, masks.stems, tolerance=2)
+                row += [f"{loc['pxap']:.4f}", f"{loc['best_f1']:.4f}"]
             rows_out.append(row)
     print(f"CPU: {cpu_model()}; model {ckpt}; {len(test.labels)} test patches")
     header = ["backend", "test AUROC", "test accuracy", "decisions equal to fp32"]

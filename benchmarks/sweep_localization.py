@@ -15,27 +15,10 @@ import itertools
 import json
 import warnings
 
-import torch
-
+from crackloc.config import InferenceConfig
 from crackloc.data.masks import MaskDataset
-from crackloc.evaluation.localization import PxAPEvaluator, ThresholdEvaluator
-from crackloc.evaluation.localize_run import partition_stems
-from crackloc.inference.tiling import predict_tiled
-from crackloc.models.checkpoint import load_model
-
-
-def score_dev(model: torch.nn.Module, ds: MaskDataset, stems: list[str], *, scale: float, gate: bool,
-              tolerance: int) -> dict[str, float]:
-    """Dev PxAP (exact) and best F1 (with tolerance) of one setting."""
-    pxap, thr = PxAPEvaluator(), ThresholdEvaluator(tolerance=tolerance, per_image=False)
-    index = {s: i for i, s in enumerate(ds.stems)}
-    for stem in stems:
-        _, image, mask = ds[index[stem]]
-        heat = predict_tiled(model, image, scale=scale, gate=gate, amp_dtype=torch.bfloat16,
-                             channels_last=True).heatmap
-        pxap.accumulate(heat, mask)
-        thr.accumulate(heat, mask)
-    return {"dev_pxap": pxap.compute(), "dev_best_f1": thr.compute().ods_f1}
+from crackloc.evaluation.localize_run import partition_stems, score_folder
+from crackloc.inference.predictor import Predictor
 
 
 def main() -> None:
@@ -53,16 +36,15 @@ def main() -> None:
     ds = MaskDataset(a.data)
     dev, _ = partition_stems(ds.stems, dev_fraction=a.dev_fraction, seed=a.seed)
     gates = {"off": [False], "on": [True], "both": [False, True]}[a.gate]
+    percentiles = [None if q == "keep" else float(q) for q in a.percentiles.split(",")]
     for ckpt in a.checkpoints:
-        model = load_model(ckpt)[0].to(memory_format=torch.channels_last)
-        ahr = getattr(model, "ahr", None)
-        percentiles = [q for q in a.percentiles.split(",") if ahr is not None or q == "keep"]
         for scale, gate, q in itertools.product([float(s) for s in a.scales.split(",")], gates, percentiles):
-            if ahr is not None:
-                ahr.percentile = model.cfg.ahr_percentile if q == "keep" else float(q)
-            res = score_dev(model, ds, dev, scale=scale, gate=gate, tolerance=a.tolerance)
-            print(json.dumps({"checkpoint": ckpt, "scale": scale, "gate": gate, "ahr_percentile": q,
-                              "n_dev": len(dev), **{k: round(v, 4) for k, v in res.items()}}), flush=True)
+            pred = Predictor(ckpt, InferenceConfig(scale=scale, gate=gate, ahr_percentile=q))
+            res = score_folder(pred, ds, dev, tolerance=a.tolerance)
+            print(json.dumps({"checkpoint": ckpt, "scale": scale, "gate": gate,
+                              "ahr_percentile": "keep" if q is None else q, "n_dev": len(dev),
+                              "dev_pxap": round(res["pxap"], 4), "dev_best_f1": round(res["best_f1"], 4)}),
+                  flush=True)
 
 
 if __name__ == "__main__":

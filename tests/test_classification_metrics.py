@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from crackloc.evaluation.classification import (
-    choose_threshold,
     classification_metrics,
     pseudo_mask_iou,
 )
+from crackloc.training.threshold import choose_threshold
 
 PROBS = torch.tensor([0.9, 0.8, 0.3, 0.6, 0.1])
 LABELS = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0])

@@ -9,13 +9,10 @@ import pytest
 
 from crackloc.errors import CracklocError
 from crackloc.experiments.aggregate import mean_std, paired_tests, paired_ttest, summarize
+from crackloc.experiments.methods import ALL_METHODS, method_dir, method_from_dir, parse_methods
 from crackloc.experiments.runner import (
-    ALL_METHODS,
     ExperimentSpec,
     method_config,
-    method_dir,
-    method_from_dir,
-    parse_methods,
     parse_seeds,
     run_dir,
     run_experiment,
@@ -162,11 +159,13 @@ def test_masks_given_later_score_the_finished_runs(experiment, tmp_path):
         assert (r / "model.pt").stat().st_mtime_ns == models[r]  # scored, not retrained
     assert summary["methods"]["crackloc"]["pxap"]["n"] == 2
     from crackloc.config import DEFAULT_AHR_PERCENTILE
-    from crackloc.experiments.runner import load_for_localization
+    from crackloc.experiments.runner import localization_config
+    from crackloc.inference.predictor import Predictor
 
     # scored as `crackloc predict` runs the model: AHR cut at the inference percentile, not the trained 90
-    assert load_for_localization(run_dir(experiment.out, "crackloc", 0) / "model.pt").ahr.percentile == \
-        DEFAULT_AHR_PERCENTILE != 90
+    cfg = localization_config(spec, image_size=64)
+    pred = Predictor(run_dir(experiment.out, "crackloc", 0) / "model.pt", cfg)
+    assert pred.model.ahr.percentile == DEFAULT_AHR_PERCENTILE != 90
     saved = json.loads((experiment.out / "experiment.json").read_text())
     assert saved["masks"] == str(masks) and saved["loc_scale"] == 1.0 and saved["loc_gate"] is False
     text = build_report(experiment.out, n_images=2).read_text()

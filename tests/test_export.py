@@ -104,7 +104,8 @@ def test_export_error_is_a_crackloc_error(tmp_path):
 
 
 def test_predictor_drives_tiled_inference(exported):
-    tiling = pytest.importorskip("crackloc.inference.tiling")
+    from crackloc.inference import tiling
+
     model, path = exported
     images, _, _ = make_crack_set(1, size=300, seed=5)  # uint8 [1,3,300,300] → 4 tiles of 224
     kwargs = dict(tile=SIZE, overlap=0.25, batch_size=4)

@@ -7,13 +7,11 @@ import torch
 from crackloc.config import ModelConfig, TrainConfig
 from crackloc.data.dataset import DecodedSplit
 from crackloc.data.synthetic import make_crack_set
-from crackloc.evaluation.classification import (
-    choose_threshold,
-    classification_metrics,
-    predict_batches,
-)
+from crackloc.evaluation.classification import classification_metrics
+from crackloc.tensors import predict_batches
 from crackloc.training.fit import fit_model
 from crackloc.training.pseudo import pseudo_masks
+from crackloc.training.threshold import choose_threshold
 
 
 def _split(n: int, seed: int) -> DecodedSplit:

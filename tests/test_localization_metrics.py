@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from crackloc.config import InferenceConfig
 from crackloc.data.synthetic import make_crack_image
 from crackloc.evaluation.localization import (
     PxAPEvaluator,
@@ -19,6 +20,7 @@ from crackloc.evaluation.localization import (
     scores_at,
 )
 from crackloc.evaluation.localize_run import evaluate_localization, partition_stems
+from crackloc.inference.predictor import Predictor
 
 # 2×3 example. Pixels by descending score: 0.875 P, 0.75 P, 0.625 N, 0.375 P, 0.25 N, 0.125 N.
 HEAT = torch.tensor([[0.875, 0.625, 0.25], [0.75, 0.375, 0.125]])
@@ -179,8 +181,8 @@ def test_evaluate_localization_writes_report(tmp_path) -> None:
     (root / "images" / "bad.jpg").write_bytes(b"not an image")
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "masks" / "bad.png")
     out = tmp_path / "out"
-    m = evaluate_localization(DarknessModel(), root, out, tile=32, dev_fraction=0.3,
-                              tolerance=2, progress=False, n_overlays=2)
+    pred = Predictor.from_model(DarknessModel(), InferenceConfig(tile=32, gate=False, precision="32"))
+    m = evaluate_localization(pred, root, out, dev_fraction=0.3, tolerance=2, progress=False, n_overlays=2)
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["pxap"] == pytest.approx(m["pxap"]) and saved["threshold"] == m["threshold"]
     assert {"pxap", "pxap_all", "f1", "iou", "ods_f1", "ois_f1", "threshold", "n_images",

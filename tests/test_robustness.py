@@ -131,17 +131,6 @@ def _loc_name(name: str) -> str:
     return f"{p.stem}-{p.suffix[1:]}{p.suffix}"
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    """An untrained tiny-preset model file (predictions need not be good, only complete)."""
-    from crackloc.config import preset
-    from crackloc.models import build_model
-    from crackloc.models.checkpoint import save_model
-
-    cfg = preset("tiny", **{"model.pretrained": "none"}).model
-    return save_model(tmp_path_factory.mktemp("model") / "model.pt", build_model(cfg), cfg)
-
-
 def _run(argv: list[str], capsys) -> tuple[int, str, str]:
     """`crackloc ARGV` in-process: (exit code, stdout, stderr); no traceback may appear."""
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # their handlers keep the stderr of the

@@ -32,17 +32,6 @@ class _Exploit:
         return os.system, (self.command,)
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    """A real (untrained) tiny-preset model file."""
-    from crackloc.config import preset
-    from crackloc.models import build_model
-    from crackloc.models.checkpoint import save_model
-
-    cfg = preset("tiny", **{"model.pretrained": "none"}).model
-    return save_model(tmp_path_factory.mktemp("model") / "model.pt", build_model(cfg), cfg)
-
-
 def _one_error_line(argv: list, capsys) -> str:
     """Run the CLI; it must exit 2 with exactly one error line and no traceback."""
     rc = main([str(a) for a in argv])

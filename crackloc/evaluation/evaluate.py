@@ -6,16 +6,13 @@ import time
 from pathlib import Path
 
 from crackloc.config import RunConfig, load_config
+from crackloc.data.manifest import ensure_manifest, load_splits
 from crackloc.errors import CracklocError
-from crackloc.evaluation.classification import (
-    classification_metrics,
-    predict_batches,
-    pseudo_mask_iou,
-)
+from crackloc.evaluation.classification import classification_metrics, pseudo_mask_iou
 from crackloc.io import write_json, write_text
 from crackloc.models.checkpoint import load_model
+from crackloc.tensors import predict_batches
 from crackloc.training.pseudo import teacher_cams
-from crackloc.training.run import ensure_manifest, load_splits
 
 
 def markdown_table(metrics: dict) -> str:
@@ -52,7 +49,8 @@ def evaluate_run(run: str | Path | None = None, *, checkpoint: str | Path | None
     checkpoint = Path(checkpoint) if checkpoint else Path(run) / "model.pt"
     out = Path(out) if out else (Path(run) if run else checkpoint.parent)
     model, payload = load_model(checkpoint)
-    root, rows = ensure_manifest(cfg, out, progress=progress)
+    # A run's manifest was checked for leaks by `train`; a manifest given here is checked now.
+    root, rows = ensure_manifest(cfg, out, progress=progress, check=not run or bool(manifest))
     test = load_splits(cfg, root, rows, ("test",), progress=progress)["test"]
     t0 = time.time()
     probs, heatmaps = predict_batches(model, test.images, with_heatmaps=True, progress=progress, desc="testing")

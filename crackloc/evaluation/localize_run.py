@@ -7,6 +7,7 @@ and writes `partition.json`, `metrics.json`, `pr_curve.png` and `overlays.png`.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +15,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
 
 from crackloc.data.masks import MaskDataset
@@ -27,7 +27,7 @@ from crackloc.evaluation.localization import (
     dev_test_scores,
     pick_threshold,
 )
-from crackloc.inference.tiling import predict_tiled
+from crackloc.inference.predictor import Predictor
 from crackloc.io import save_figure, write_json
 
 OVERLAY_SIDE = 384  # longest side of each overlay panel, px
@@ -113,25 +113,45 @@ def _plot_overlays(path: Path, rows: list[tuple[str, list[torch.Tensor]]]) -> No
     plt.close(fig)
 
 
-def _score_part(model: nn.Module, ds: MaskDataset, stems: list[str],
-                evaluators: list[ThresholdEvaluator | PxAPEvaluator], failed: list[dict[str, str]],
-                bar: tqdm, tiling: dict[str, Any]
-                ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Tile and score each stem; yields (stem, image, heatmap, mask) of the ones that worked."""
+def score_images(predictor: Predictor, ds: MaskDataset, stems: list[str],
+                 evaluators: list[ThresholdEvaluator | PxAPEvaluator], *,
+                 failed: list[dict[str, str]] | None = None, bar: tqdm | None = None
+                 ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The one "score a mask folder" loop: predict each stem's map, feed every evaluator.
+
+    Yields (stem, image [3,H,W] uint8, heatmap [H,W], mask [H,W] bool) of the images that
+    loaded; the others go to `failed` (path, reason), or raise when `failed` is None.
+    """
     index = {s: i for i, s in enumerate(ds.stems)}
     for stem in stems:
-        bar.set_postfix_str(stem)
+        if bar is not None:
+            bar.set_postfix_str(stem)
         try:
             _, image, mask = ds[index[stem]]  # [3,H,W] uint8, [H,W] bool
         except CracklocError as exc:
+            if failed is None:
+                raise
             failed.append({"path": str(ds.image_path(stem)), "reason": str(exc)})
-            bar.update(1)
+            if bar is not None:
+                bar.update(1)
             continue
-        heatmap = predict_tiled(model, image, **tiling).heatmap  # [H,W]
+        heatmap = predictor.predict(image).heatmap  # [H,W]
         for ev in evaluators:
             ev.accumulate(heatmap, mask)
-        bar.update(1)
+        if bar is not None:
+            bar.update(1)
         yield stem, image, heatmap, mask
+
+
+def score_folder(predictor: Predictor, ds: MaskDataset, stems: list[str], *, tolerance: int = 2,
+                 num_thresholds: int = DEFAULT_THRESHOLDS, progress: bool = False) -> dict[str, float]:
+    """PxAP (exact) and best F1 (ODS, `tolerance` px) over `stems`: for sweeps and precision checks."""
+    pxap = PxAPEvaluator(num_thresholds=num_thresholds)
+    thr = ThresholdEvaluator(num_thresholds=num_thresholds, tolerance=tolerance, per_image=False)
+    with tqdm(total=len(stems), desc="scoring", disable=not progress, leave=False) as bar:
+        for _ in score_images(predictor, ds, stems, [pxap, thr], bar=bar):
+            pass
+    return {"pxap": pxap.compute(), "best_f1": thr.compute().ods_f1, "n_images": len(stems)}
 
 
 @dataclass
@@ -146,23 +166,22 @@ class _Scores:
     rows: list[tuple[str, list[torch.Tensor]]] = field(default_factory=list)
 
 
-def _score_all(model: nn.Module, ds: MaskDataset, dev_stems: list[str], test_stems: list[str], *,
-               tiling: dict[str, Any], tolerance: int, num_thresholds: int, n_overlays: int,
-               progress: bool) -> _Scores:
+def _score_all(predictor: Predictor, ds: MaskDataset, dev_stems: list[str], test_stems: list[str], *,
+               tolerance: int, num_thresholds: int, n_overlays: int, progress: bool) -> _Scores:
     """Tile and score the DEV images, pick the threshold, then the TEST images."""
     sc = _Scores(*(ThresholdEvaluator(num_thresholds=num_thresholds, tolerance=tolerance)
                    for _ in range(2)),
                  *(PxAPEvaluator(num_thresholds=num_thresholds) for _ in range(2)))
     with tqdm(total=len(dev_stems) + len(test_stems), desc="localize", disable=not progress) as bar:
-        for _ in _score_part(model, ds, dev_stems, [sc.dev, sc.pxap_all], sc.failed, bar, tiling):
+        for _ in score_images(predictor, ds, dev_stems, [sc.dev, sc.pxap_all], failed=sc.failed, bar=bar):
             pass
         if int(sc.dev.n_gt) == 0:
             raise CracklocError(f"{ds.root}: no usable dev image with crack pixels to pick a "
                                 "threshold (see the failed images, or raise dev_fraction)")
         threshold = pick_threshold(sc.dev.compute())  # known before any test image is tiled
         evaluators = [sc.test, sc.pxap_test, sc.pxap_all]
-        for stem, image, heatmap, mask in _score_part(model, ds, test_stems, evaluators,
-                                                      sc.failed, bar, tiling):
+        for stem, image, heatmap, mask in score_images(predictor, ds, test_stems, evaluators,
+                                                       failed=sc.failed, bar=bar):
             if len(sc.rows) < n_overlays:
                 sc.rows.append((stem, _overlay_panels(image, heatmap, mask, threshold)))
     if int(sc.test.n_gt) == 0:
@@ -170,29 +189,26 @@ def _score_all(model: nn.Module, ds: MaskDataset, dev_stems: list[str], test_ste
     return sc
 
 
-def evaluate_localization(model: nn.Module, data_dir: str | Path, out_dir: str | Path, *,
-                          tile: int = 224, overlap: float = 0.25, scale: float = 1.0,
-                          gate: bool = False, dev_fraction: float = 0.25, seed: int = 0,
-                          tolerance: int = 2, batch_size: int = 16,
-                          max_images: int | None = None, n_overlays: int = 6,
-                          progress: bool = True, device: str | torch.device | None = None,
-                          amp_dtype: torch.dtype | None = None,
+def evaluate_localization(predictor: Predictor, data_dir: str | Path, out_dir: str | Path, *,
+                          dev_fraction: float = 0.25, seed: int = 0, tolerance: int = 2,
+                          max_images: int | None = None, exclude: set[str] | None = None,
+                          n_overlays: int = 6, progress: bool = True,
                           num_thresholds: int = DEFAULT_THRESHOLDS) -> dict[str, Any]:
-    """Tile every image of `data_dir` (images/ + masks/), score heatmaps, write the report.
+    """Map every image of `data_dir` (images/ + masks/) with `predictor`, score, write the report.
 
     PxAP, F1, IoU, ODS and OIS are reported on the TEST part, F1/IoU at the threshold that
     maximises F1 on the DEV part; `pxap_all` covers both parts. F1/IoU/ODS/OIS use
     `tolerance` px, PxAP is exact. Images that fail to load are listed under `failed`.
 
     Args:
-        model: Follows the model contract; moved nowhere (`device` defaults to its device).
+        predictor: The model file and its `InferenceConfig` (tiling, scale, gate, AHR cut, ...).
         data_dir: Folder with `images/` and `masks/`.
         out_dir: Where partition.json, metrics.json, pr_curve.png and overlays.png go.
-        tile, overlap, scale, gate, batch_size, amp_dtype: Passed to `predict_tiled`.
         dev_fraction: Share of the images used to pick the threshold.
         seed: Seed of the dev/test partition (and of the `max_images` subset).
         tolerance: Matching tolerance in px for F1/IoU/ODS/OIS (0 = exact).
         max_images: Score a seeded random subset of this many images.
+        exclude: Stems never scored (e.g. images that chose settings elsewhere).
         n_overlays: Test images shown in overlays.png (0 = no figure).
         progress: Show a tqdm bar.
         num_thresholds: Threshold grid size of the evaluators.
@@ -202,23 +218,22 @@ def evaluate_localization(model: nn.Module, data_dir: str | Path, out_dir: str |
     """
     out_dir = Path(out_dir)
     ds = MaskDataset(data_dir)
-    dev_stems, test_stems = partition_stems(ds.stems, dev_fraction=dev_fraction, seed=seed,
+    stems = [s for s in ds.stems if s not in (exclude or set())]
+    dev_stems, test_stems = partition_stems(stems, dev_fraction=dev_fraction, seed=seed,
                                             max_images=max_images)
     write_json(out_dir / "partition.json", {"seed": seed, "dev_fraction": dev_fraction,
                                             "max_images": max_images, "dev": dev_stems,
-                                            "test": test_stems})
-    if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    tiling = {"tile": tile, "overlap": overlap, "scale": scale, "gate": gate,
-              "batch_size": batch_size, "device": device, "amp_dtype": amp_dtype}
-    sc = _score_all(model, ds, dev_stems, test_stems, tiling=tiling, tolerance=tolerance,
+                                            "test": test_stems, "excluded": sorted(exclude or [])})
+    sc = _score_all(predictor, ds, dev_stems, test_stems, tolerance=tolerance,
                     num_thresholds=num_thresholds, n_overlays=n_overlays, progress=progress)
+    inference = dataclasses.asdict(predictor.cfg)
     metrics = {"pxap": sc.pxap_test.compute(), **dev_test_scores(sc.dev, sc.test),
                "pxap_all": sc.pxap_all.compute(), "n_images": sc.dev.n_images + sc.test.n_images,
                "n_dev": sc.dev.n_images, "n_test": sc.test.n_images, "tolerance": tolerance,
-               "num_thresholds": num_thresholds, "data_dir": str(data_dir), "tile": tile,
-               "overlap": overlap, "scale": scale, "gate": gate, "dev_fraction": dev_fraction,
-               "seed": seed, "batch_size": batch_size, "max_images": max_images,
+               "num_thresholds": num_thresholds, "data_dir": str(data_dir),
+               "checkpoint": str(predictor.checkpoint), "inference": inference,
+               **{k: inference[k] for k in ("tile", "overlap", "scale", "gate", "batch_size")},
+               "dev_fraction": dev_fraction, "seed": seed, "max_images": max_images,
                "failed": sc.failed}
     write_json(out_dir / "metrics.json", metrics)
     _plot_pr(out_dir / "pr_curve.png", sc.test.compute(), metrics["threshold"], metrics["pxap"])

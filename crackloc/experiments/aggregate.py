@@ -14,13 +14,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from crackloc.experiments.methods import ARCHITECTURES, PROPOSED, method_from_dir
 from crackloc.io import atomic_write, write_json
 
 CLASSIFICATION = ("auroc", "accuracy", "precision", "recall", "f1")  # Table I, at threshold 0.5
 LOCALIZATION = ("iou_pseudo", "pxap", "loc_f1", "loc_iou", "loc_ods_f1", "loc_ois_f1")
 METRICS = (*CLASSIFICATION, *(f"{m}_val_t" for m in CLASSIFICATION[1:]), *LOCALIZATION)
-PROPOSED = "crackloc"
-ARCHITECTURES = {"cam_vgg16": "vgg16", "ts_cam": "deit_tiny_patch16_224"}  # models that ignore model.backbone
 
 
 def _finite(x: Any) -> float | None:
@@ -51,8 +50,6 @@ def run_row(method: str, seed: int, metrics: dict, loc: dict | None = None) -> d
 
 def collect_rows(exp: str | Path) -> list[dict[str, Any]]:
     """Rows of every finished run under EXP/runs (sorted by method, then seed)."""
-    from crackloc.experiments.runner import method_from_dir
-
     rows = []
     for path in sorted(Path(exp).glob("runs/*/seed*/metrics.json")):
         run = path.parent

@@ -8,12 +8,17 @@ human-annotated images, plus the mask. Heatmaps use one colour scale, [0,1].
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import torch
 
-from crackloc.config import load_config
-from crackloc.experiments.runner import BASELINES, PROPOSED, load_for_localization, method_dir
+from crackloc.config import InferenceConfig, from_dict, load_config
+from crackloc.data.dataset import decode_rows
+from crackloc.data.masks import MaskDataset
+from crackloc.data.split import read_manifest
+from crackloc.experiments.methods import BASELINES, PROPOSED, method_dir
+from crackloc.inference.predictor import Predictor
 from crackloc.io import save_figure
 
 METRIC_LABELS = {"train_loss": "train loss", "val_loss": "val loss (BCE)", "val_auroc": "val AUROC",
@@ -105,14 +110,19 @@ def _grid(path: Path, titles: list[str], rows: list[list[torch.Tensor]]) -> Path
     return made
 
 
+def inference_config(spec: dict, *, tile: int) -> InferenceConfig:
+    """The experiment's recorded inference settings (experiment.json), at the runs' tile size."""
+    recorded = spec.get("inference") or {"scale": spec.get("loc_scale", 1.0), "gate": spec.get("loc_gate", True)}
+    return dataclasses.replace(from_dict(InferenceConfig, recorded), tile=tile)
+
+
 @torch.inference_mode()
 def plot_qualitative(exp: Path, out: Path, spec: dict, *, n_images: int = 4) -> Path | None:
-    """qualitative.png: the first `n_images` positive test patches of the manifest, one row each."""
-    from crackloc.data.dataset import decode_rows
-    from crackloc.data.split import read_manifest
-    from crackloc.models.checkpoint import load_model
-    from crackloc.training.module import to_input
+    """qualitative.png: the first `n_images` positive test patches of the manifest, one row each.
 
+    Each patch is mapped as `crackloc predict` maps it (the experiment's inference settings,
+    at scale 1: one window per patch).
+    """
     seeds = sorted(p.name for p in (exp / "runs" / PROPOSED).glob("seed*") if (p / "config.yaml").is_file())
     if not seeds:
         return None
@@ -123,10 +133,12 @@ def plot_qualitative(exp: Path, out: Path, spec: dict, *, n_images: int = 4) -> 
     chosen = sorted((r for r in rows if r.split == "test" and r.label == 1), key=lambda r: r.path)[:n_images]
     if not chosen:
         return None
-    x = to_input(decode_rows(root, chosen, size=cfg.data.image_size, progress=False).images, channels_last=False)
+    images = decode_rows(root, chosen, size=cfg.data.image_size, progress=False).images  # [n,3,S,S] uint8
     columns = _columns(exp, seeds[0])
-    heat = [load_model(path)[0](x)[1][:, 0] for _, path in columns]  # each [n,S,S]
-    grid = [[x[i].permute(1, 2, 0)] + [h[i] for h in heat] for i in range(len(x))]
+    infer = dataclasses.replace(inference_config(spec, tile=cfg.data.image_size), scale=1.0)
+    predictors = [Predictor(path, infer) for _, path in columns]
+    grid = [[img.permute(1, 2, 0).float() / 255.0] + [p.predict(img).heatmap for p in predictors]
+            for img in images]
     return _grid(out / "qualitative.png", ["image"] + [t for t, _ in columns], grid)
 
 
@@ -134,11 +146,8 @@ def plot_qualitative(exp: Path, out: Path, spec: dict, *, n_images: int = 4) -> 
 def plot_qualitative_masks(exp: Path, out: Path, spec: dict, *, n_images: int = 3) -> Path | None:
     """qualitative_masks.png: tiled heatmaps of the first human-annotated images, with their masks.
 
-    Tiled as the human-mask scores were (spec's loc_scale and loc_gate, inference AHR cut).
+    Mapped with the experiment's recorded inference settings, as the human-mask scores were.
     """
-    from crackloc.data.masks import MaskDataset
-    from crackloc.inference.tiling import predict_tiled
-
     masks = spec.get("masks", "")
 
     seeds = sorted(p.name for p in (exp / "runs" / PROPOSED).glob("seed*") if (p / "config.yaml").is_file())
@@ -150,10 +159,9 @@ def plot_qualitative_masks(exp: Path, out: Path, spec: dict, *, n_images: int = 
     columns = _columns(exp, seeds[0])
     grid = [[img.permute(1, 2, 0).float() / 255.0] for _, img, _ in samples]
     for _, path in columns:
-        model = load_for_localization(path)
+        predictor = Predictor(path, inference_config(spec, tile=size))
         for row, (_, img, _) in zip(grid, samples, strict=True):
-            row.append(predict_tiled(model, img, tile=size, overlap=0.25, scale=spec.get("loc_scale", 1.0),
-                                     gate=spec.get("loc_gate", False), amp_dtype=torch.bfloat16).heatmap)
+            row.append(predictor.predict(img).heatmap)
     for row, (_, _, mask) in zip(grid, samples, strict=True):
         row.append(mask.float())
     return _grid(out / "qualitative_masks.png", ["image"] + [t for t, _ in columns] + ["mask"], grid)

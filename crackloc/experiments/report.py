@@ -12,13 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from crackloc.errors import CracklocError
-from crackloc.experiments.aggregate import (
-    CLASSIFICATION,
-    PROPOSED,
-    collect_rows,
-    write_csv,
-    write_results,
-)
+from crackloc.experiments.aggregate import CLASSIFICATION, collect_rows, write_csv, write_results
+from crackloc.experiments.methods import ABLATION_USES_PSEUDO_MASKS, table_source
 from crackloc.io import write_text
 
 TABLE1: dict[str, tuple[str, tuple[float, ...]]] = {  # paper Table I: mean, std per metric
@@ -86,9 +81,7 @@ def table2(summary: dict) -> tuple[str, list[dict[str, Any]]]:
     lines = ["| configuration | AUROC (ours) | AUROC (paper) | p vs proposed |", "|---|---|---|---|"]
     rows = []
     for method, label, mean, std in TABLE2:
-        source = method
-        if method == "ablation:full_attention" and method not in summary["methods"]:
-            source = PROPOSED
+        source = table_source(method, set(summary["methods"]))
         stat, test = _stat(summary, source, "auroc"), _test(summary, source, "auroc")
         lines.append(f"| {label} | {fmt(stat)} | {mean:.4f} ± {std:.4f} | {fmt_p(test)} |")
         rows.append({"method": source, "label": label, **{f"ours_{k}": (stat or {}).get(k) for k in ("mean", "std", "n")},
@@ -141,6 +134,8 @@ def _header(exp: Path, spec: dict, results: list[dict]) -> str:
         f"- pretrained weights of the runs: {', '.join(sources)} ('none' = random init, unlike the paper's ImageNet start)",
         "- mean ± sample std over seeds; p: two-sided paired t-test of the proposed model against that method "
         "on the same seeds (scipy.stats.ttest_rel)",
+        f"- the ablation rows are trained {'with' if ABLATION_USES_PSEUDO_MASKS else 'without'} the proposed "
+        "model's L1 term against the teacher's pseudo masks (`uses_pseudo_masks` in each run's config.yaml)",
     ])
 
 

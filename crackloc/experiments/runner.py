@@ -21,24 +21,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crackloc.config import RunConfig, apply_overrides, preset
+from crackloc.config import (
+    EXPERIMENT_BUDGET,
+    PRESETS,
+    InferenceConfig,
+    RunConfig,
+    apply_overrides,
+    preset,
+)
+from crackloc.data.manifest import ensure_manifest
 from crackloc.errors import CracklocError
+from crackloc.evaluation.evaluate import evaluate_run
+from crackloc.evaluation.localize_run import evaluate_localization
+from crackloc.experiments.aggregate import write_results
+from crackloc.experiments.methods import ALL_METHODS, method_dir, method_model_config
+from crackloc.inference.predictor import Predictor
 from crackloc.io import write_json
-from crackloc.models.net import ABLATION_ROWS, ablation_config
-
-PROPOSED = "crackloc"
-BASELINES = ("cam_vgg16", "resnet18_cam", "wsol_crack", "psol", "ts_cam")  # Table I order
-# Table II rows; its last row (attention fusion + AHR) is the proposed model itself.
-ABLATIONS = tuple(f"ablation:{v}" for v in ABLATION_ROWS if v != "full_attention")
-ALL_METHODS = (PROPOSED, *BASELINES, *ABLATIONS)
-EXPERIMENT_PRESETS: dict[str, dict[str, Any]] = {
-    # quick: 2k training patches, 2 teacher + 2 student epochs; val/test capped (the caps draw a
-    # stratified subset per seed, the same for every method of that seed).
-    "quick": {"data.max_train": 2000, "data.max_val": 500, "data.max_test": 1000,
-              "train.teacher_epochs": 2, "train.epochs": 2},
-    "paper": {},  # as published: all images, up to 30 epochs, patience 5
-    "tiny": {},  # tests and smoke runs
-}
+from crackloc.training.run import train_run
 
 
 @dataclass
@@ -58,20 +57,6 @@ class ExperimentSpec:
     overrides: dict[str, Any] = field(default_factory=dict)  # dotted RunConfig keys
 
 
-def parse_methods(text: str) -> list[str]:
-    """'all' or a comma list of registry names and `ablation:<row>` → validated method names."""
-    from crackloc.models import available_models
-
-    if text.strip() == "all":
-        return list(ALL_METHODS)
-    methods = [m.strip() for m in text.split(",") if m.strip()]
-    valid = set(available_models()) | {f"ablation:{v}" for v in ABLATION_ROWS}
-    unknown = [m for m in methods if m not in valid]
-    if unknown or not methods:
-        raise CracklocError(f"unknown method(s) {unknown or text!r}; choose 'all' or from {', '.join(sorted(valid))}")
-    return list(dict.fromkeys(methods))
-
-
 def parse_seeds(text: str) -> list[int]:
     """'0,1,2' → [0, 1, 2]."""
     try:
@@ -83,37 +68,22 @@ def parse_seeds(text: str) -> list[int]:
     return list(dict.fromkeys(seeds))
 
 
-def method_dir(method: str) -> str:
-    """Folder name of a method ('ablation:ahr' → 'ablation-ahr')."""
-    return method.replace(":", "-")
-
-
-def method_from_dir(name: str) -> str:
-    """Inverse of `method_dir`."""
-    return name.replace("ablation-", "ablation:", 1) if name.startswith("ablation-") else name
-
-
 def run_dir(out: Path, method: str, seed: int) -> Path:
     """EXP/runs/<method>/seed<k>."""
     return Path(out) / "runs" / method_dir(method) / f"seed{seed}"
 
 
 def method_config(spec: ExperimentSpec, method: str, seed: int, manifest: Path) -> RunConfig:
-    """The RunConfig of one run: preset + experiment preset + overrides, the method's model, the seed."""
-    cfg = preset(spec.preset, **EXPERIMENT_PRESETS.get(spec.preset, {}))
+    """The RunConfig of one run: preset + experiment budget + overrides, the method's model, the seed."""
+    cfg = preset(spec.preset, **EXPERIMENT_BUDGET.get(spec.preset, {}))
     cfg = apply_overrides(cfg, {**spec.overrides, "train.seed": seed, "data.manifest": str(manifest),
                                 "data.data": spec.data or None})
-    if method.startswith("ablation:"):
-        cfg.model = ablation_config(cfg.model, method.split(":", 1)[1])
-    else:
-        cfg.model = dataclasses.replace(cfg.model, name=method)
+    cfg.model = method_model_config(cfg.model, method)
     return cfg
 
 
 def ensure_split(spec: ExperimentSpec, *, progress: bool) -> Path:
     """The manifest all runs share: --manifest, else EXP/split.csv (made once, split seed 0)."""
-    from crackloc.training.run import ensure_manifest
-
     if spec.manifest:
         return Path(spec.manifest).resolve()
     made = spec.out / "split.csv"
@@ -139,40 +109,26 @@ def record_spec(spec: ExperimentSpec, manifest: Path) -> None:
               "loc_scale": spec.loc_scale, "loc_gate": spec.loc_gate,
               "methods": list(dict.fromkeys(saved.get("methods", []) + spec.methods)),
               "seeds": sorted(set(saved.get("seeds", [])) | set(spec.seeds)),
-              "experiment_preset": EXPERIMENT_PRESETS.get(spec.preset, {})}
+              "experiment_preset": EXPERIMENT_BUDGET.get(spec.preset, {}),
+              "inference": dataclasses.asdict(localization_config(spec, image_size=None))}
     write_json(path, record)
 
 
-def load_for_localization(path: Path):
-    """A saved model set up by `Predictor` as `crackloc predict` runs it (inference AHR cut).
-
-    Precision stays fp32 here: callers pass their own autocast dtype to the tiler.
-    """
-    from crackloc.inference.predictor import Predictor
-
-    return Predictor(path, precision="32").model
+def localization_config(spec: ExperimentSpec, *, image_size: int | None) -> InferenceConfig:
+    """How the experiment maps human-mask images: the inference defaults, spec's scale and gate."""
+    cfg = InferenceConfig(scale=spec.loc_scale, gate=spec.loc_gate)
+    return cfg if image_size is None else dataclasses.replace(cfg, tile=image_size)
 
 
 def localize(run: Path, spec: ExperimentSpec, *, image_size: int, progress: bool) -> dict:
-    """Score RUN/model.pt's tiled heatmaps against human masks into RUN/localization/.
-
-    Uses the inference defaults (AHR cut at DEFAULT_AHR_PERCENTILE) and spec's scale and gate.
-    """
-    import torch
-
-    from crackloc.evaluation.localize_run import evaluate_localization
-
-    model = load_for_localization(run / "model.pt")
-    return evaluate_localization(model, spec.masks, run / "localization", tile=image_size, overlap=0.25,
-                                 scale=spec.loc_scale, gate=spec.loc_gate, max_images=spec.max_images,
-                                 n_overlays=4, amp_dtype=torch.bfloat16, progress=progress)
+    """Score RUN/model.pt's tiled heatmaps against human masks into RUN/localization/."""
+    predictor = Predictor(run / "model.pt", localization_config(spec, image_size=image_size))
+    return evaluate_localization(predictor, spec.masks, run / "localization", max_images=spec.max_images,
+                                 n_overlays=4, progress=progress)
 
 
 def run_one(spec: ExperimentSpec, method: str, seed: int, manifest: Path, *, progress: bool) -> str:
     """Train, localise and evaluate one method × seed unless done: → 'skipped' | 'done'."""
-    from crackloc.evaluation.evaluate import evaluate_run
-    from crackloc.training.run import train_run
-
     run = run_dir(spec.out, method, seed)
     loc_done = not spec.masks or (run / "localization" / "metrics.json").is_file()
     if (run / "metrics.json").is_file() and loc_done:
@@ -194,10 +150,8 @@ def run_experiment(spec: ExperimentSpec, *, progress: bool = True,
 
     Returns the summary written to EXP/summary.json.
     """
-    from crackloc.experiments.aggregate import write_results
-
-    if spec.preset not in EXPERIMENT_PRESETS:
-        raise CracklocError(f"unknown preset {spec.preset!r} (choose {', '.join(EXPERIMENT_PRESETS)})")
+    if spec.preset not in PRESETS:
+        raise CracklocError(f"unknown preset {spec.preset!r} (choose {', '.join(PRESETS)})")
     spec.out = Path(spec.out)
     spec.out.mkdir(parents=True, exist_ok=True)
     manifest = ensure_split(spec, progress=progress)

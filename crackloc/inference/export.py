@@ -9,11 +9,18 @@ Exporter: `torch.onnx.export(..., dynamo=True)` (torch.export → onnxscript). T
 TorchScript exporter cannot export the model (MS-RFE's adaptive pooling has a traced output
 size), while the dynamo exporter lowers `torch.quantile` to TopK + GatherElements, so the
 percentile threshold is inside the graph.
+
+Exports made on the fly for `--backend onnx` are cached by content (`cached_onnx`): the key
+hashes the model file's bytes and every option baked into the graph, never its name or mtime.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +36,40 @@ MIN_OPSET = 18  # onnxscript cannot down-convert the graph (Squeeze/Reduce* axes
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("logits", "heatmap")
 VERIFY_TOLERANCE = 1e-3  # max |heatmap diff| and |logit diff| accepted by export's self-check
+CACHE_ENV = "CRACKLOC_CACHE"  # overrides the default ONNX export cache folder
+CACHE_KEY_CHARS = 24  # hex characters of the sha256 kept in cached export names
+_HASH_CHUNK = 1 << 20
 
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
+def max_opset() -> int:
+    """Highest ONNX opset the installed exporter stack can produce.
+
+    That is `onnx.defs.onnx_opset_version()`, lowered to the onnxscript version converter's
+    own ceiling when onnxscript states one (it cannot convert the graph above it).
+    """
+    import onnx
+
+    limit = int(onnx.defs.onnx_opset_version())
+    try:
+        from onnxscript.version_converter import _version_converter as converter
+    except ImportError:  # pragma: no cover - onnxscript layout changed; onnx's limit still holds
+        return limit
+    return min(limit, int(getattr(converter, "SUPPORTED_MAX_ONNX_OPSET", limit)))
+
+
+def _check_opset(opset: int) -> None:
+    """Raise a one-line `CracklocError` for an opset the exporter cannot produce."""
+    if opset < MIN_OPSET:
+        raise CracklocError(f"ONNX opset must be ≥ {MIN_OPSET} with the dynamo exporter, got {opset}")
+    top = max_opset()
+    if opset > top:
+        raise CracklocError(f"ONNX opset {opset} is not supported by the installed onnx/onnxscript "
+                            f"(supported: {MIN_OPSET} to {top})")
 
 
 def _to_onnx_proto(net: nn.Module, example: torch.Tensor, opset: int) -> Any:
@@ -81,7 +117,8 @@ def export_onnx(model: nn.Module, path: str | Path, *, image_size: int = 224, op
         model: Localization model: x [B,3,S,S] in [0,1] → (logits [B], heatmap [B,1,S,S]).
         path: Destination `.onnx` file (written atomically).
         image_size: Fixed input side S of the exported graph.
-        opset: ONNX opset version (≥ 18; ONNX Runtime ≥ 1.14 runs 18).
+        opset: ONNX opset version (18 to `max_opset()`; ONNX Runtime ≥ 1.14 runs 18). Raises
+            `CracklocError` before exporting when outside that range.
         verify: Check the file with `onnx.checker` (always done) and compare ONNX Runtime
             with torch on a random batch of 2 (raises `CracklocError` above 1e-3).
         metadata: Extra string key/values stored in the model (e.g. the model config).
@@ -91,8 +128,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, image_size: int = 224, op
     """
     import onnx
 
-    if opset < MIN_OPSET:
-        raise CracklocError(f"ONNX opset must be ≥ {MIN_OPSET} with the dynamo exporter, got {opset}")
+    _check_opset(opset)
     try:
         net = copy.deepcopy(model).float().cpu().eval()
         example = torch.rand(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
@@ -116,6 +152,100 @@ def export_onnx(model: nn.Module, path: str | Path, *, image_size: int = 224, op
     if verify:
         _verify(net, data, example)
     return atomic_write(path, lambda f: f.write(data))
+
+
+def cache_dir(explicit: str | Path | None = None) -> Path:
+    """Folder of cached ONNX exports: `explicit`, else `$CRACKLOC_CACHE`, else `~/.cache/crackloc`."""
+    if explicit is not None and str(explicit) != "":
+        return Path(explicit).expanduser()
+    env = os.environ.get(CACHE_ENV, "").strip()
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "crackloc"
+
+
+def _file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise CracklocError(f"{path}: cannot read the model file ({exc.strerror or exc})") from None
+    return digest.hexdigest()
+
+
+def _canonical(value: Any) -> Any:
+    """Numbers as floats (50 and 50.0 are one setting); other values unchanged."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _exporter_versions() -> dict[str, str]:
+    """Versions of the libraries that shape the exported graph."""
+    import onnx
+
+    versions = {"torch": torch.__version__, "onnx": onnx.__version__}
+    try:
+        import onnxscript
+
+        versions["onnxscript"] = onnxscript.__version__
+    except ImportError:  # pragma: no cover - a dependency, but the key need not depend on it
+        pass
+    return versions
+
+
+def onnx_cache_key(checkpoint: Path, *, image_size: int, settings: dict[str, Any]) -> str:
+    """Key of one ONNX export: what the model file holds and every option baked into the graph.
+
+    Args:
+        checkpoint: The model file; its bytes are hashed (not its name or mtime).
+        image_size: Fixed input side of the exported graph.
+        settings: Other values baked into the graph, e.g. `{"ahr_percentile": 50.0}`.
+
+    Returns:
+        The first `CACHE_KEY_CHARS` hex characters of a sha256.
+    """
+    spec = {"model_sha256": _file_sha256(Path(checkpoint)), "image_size": int(image_size),
+            "settings": {str(k): _canonical(v) for k, v in sorted(settings.items())},
+            "opset": ONNX_OPSET, **_exporter_versions()}
+    text = json.dumps(spec, sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:CACHE_KEY_CHARS]
+
+
+def _safe_stem(path: Path) -> str:
+    """A file-name-safe, bounded version of the model file's stem."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(path).stem).strip("._")
+    return stem[:64] or "model"
+
+
+def cached_onnx(model: nn.Module, checkpoint: Path, *, image_size: int, settings: dict[str, Any],
+                cache: str | Path | None = None, metadata: dict[str, str] | None = None) -> Path:
+    """The ONNX export of `model` from the cache, exported (atomically) on first use.
+
+    The file is `cache_dir(cache) / f"{stem}-{onnx_cache_key(...)}.onnx"`, so model files that
+    share a name and mtime, or exports with another tile size or AHR percentile, never
+    share an entry. The key is also stored in the ONNX metadata as `crackloc.cache_key`.
+
+    Args:
+        model: The model loaded from `checkpoint`, with `settings` already applied.
+        checkpoint: The model file `model` was loaded from (hashed for the key).
+        image_size: Fixed input side of the exported graph.
+        settings: Other values baked into the graph, e.g. `{"ahr_percentile": 50.0}`.
+        cache: Cache folder (default: `cache_dir()`).
+        metadata: Extra string key/values stored in a new export.
+
+    Returns:
+        Path of the cached `.onnx` file.
+    """
+    checkpoint = Path(checkpoint)
+    key = onnx_cache_key(checkpoint, image_size=image_size, settings=settings)
+    path = cache_dir(cache) / f"{_safe_stem(checkpoint)}-{key}.onnx"
+    if not path.is_file():
+        meta = {**(metadata or {}), "crackloc.cache_key": key,
+                "crackloc.settings": json.dumps(settings, sort_keys=True, default=repr)}
+        export_onnx(model, path, image_size=image_size, metadata=meta)
+    return path
 
 
 class OnnxPredictor:

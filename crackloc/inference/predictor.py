@@ -1,17 +1,25 @@
-"""Predict crack probability + full-resolution heatmap for images of any size."""
+"""One inference path: a model file + an `InferenceConfig` → crack probability and full-size heatmap.
+
+Every consumer (`predict`, `evaluate-localization`, the experiment runner, figures and
+benchmarks) builds a `Predictor` from an `InferenceConfig`, and every image, whatever its
+size, goes through the same tiling (`crackloc.inference.tiling.predict_tiled`): an image
+smaller than a tile is padded, never stretched, so one image and one config give one map.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from crackloc.config import DEFAULT_AHR_PERCENTILE
+from crackloc.config import InferenceConfig, from_dict
 from crackloc.errors import CracklocError
-from crackloc.evaluation.classification import autocast_for
+from crackloc.inference.tiling import predict_tiled
+from crackloc.models.checkpoint import load_model
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED_MODEL = ASSETS / "crackloc_resnet18.pt"
@@ -33,72 +41,85 @@ def default_checkpoint() -> Path:
     return BUNDLED_MODEL
 
 
-class Predictor:
-    """Wraps a model file (torch or ONNX Runtime) for patches and large photos alike.
+def decision_threshold(meta: dict, path: Path) -> float:
+    """The model file's validation threshold (`meta.val_threshold`, default 0.5), checked."""
+    value = meta.get("val_threshold", 0.5)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or not 0.0 <= value <= 1.0:
+        raise CracklocError(f"{path}: damaged model file (meta.val_threshold must be a number in [0, 1], "
+                            f"got {value!r})")
+    return float(value)
 
-    An image no larger than one tile is resized to the tile and run once; a larger one is
-    tiled (`crackloc.inference.tiling.predict_tiled`) and the tile maps are blended.
+
+def model_overrides(cfg: InferenceConfig) -> dict:
+    """Model-config fields an inference config sets: the AHR cut (for models that have one)."""
+    return {} if cfg.ahr_percentile is None else {"ahr_percentile": float(cfg.ahr_percentile)}
+
+
+class Predictor:
+    """A model file (torch or ONNX Runtime) run on images of any size by one `InferenceConfig`.
+
+    Args:
+        checkpoint: crackloc model file (default: the bundled model).
+        cfg: How to run it (tiling, scale, gate, AHR cut, precision, backend, batch size).
+        threshold: Decision threshold on the crack probability (default: the file's
+            validation threshold).
+        cache_dir: Where ONNX exports are cached (default $CRACKLOC_CACHE or ~/.cache/crackloc).
     """
 
-    def __init__(self, checkpoint: str | Path | None = None, *, backend: str = "torch", device: str = "cpu",
-                 precision: str = "bf16", tile: int = 224, overlap: float = 0.25, scale: float = 1.0,
-                 gate: bool = True, batch_size: int = 16, threshold: float | None = None,
-                 ahr_percentile: float | None = DEFAULT_AHR_PERCENTILE, compile: bool = False) -> None:
-        from crackloc.models.checkpoint import load_model
-
+    def __init__(self, checkpoint: str | Path | None = None, cfg: InferenceConfig | None = None, *,
+                 threshold: float | None = None, cache_dir: str | Path | None = None) -> None:
+        cfg = from_dict(InferenceConfig, dataclasses.asdict(cfg or InferenceConfig()))  # validates ranges
         self.checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()
-        self.model, payload = load_model(self.checkpoint, device=device)
+        model, payload = load_model(self.checkpoint, device=cfg.device, overrides=model_overrides(cfg))
         self.meta = payload.get("meta", {})
-        self.tile, self.overlap, self.scale, self.gate, self.batch_size = tile, overlap, scale, gate, batch_size
-        self.threshold = threshold if threshold is not None else float(self.meta.get("val_threshold", 0.5))
-        if ahr_percentile is not None and getattr(self.model, "ahr", None) is not None:
-            if not 0 <= ahr_percentile < 100:
-                raise CracklocError(f"--ahr-percentile must be in [0, 100), got {ahr_percentile}")
-            self.model.ahr.percentile = ahr_percentile
-        if backend == "onnx":
-            self.model = self._onnx_model()
-            precision = "32"
-        elif backend != "torch":
-            raise CracklocError(f"unknown backend {backend!r} (torch or onnx)")
-        elif precision == "bf16":
-            self.model = self.model.to(memory_format=torch.channels_last)
-        if compile and backend == "torch":
-            self.model = torch.compile(self.model)  # ~20 s once; pays off over many tiles/images
-        self.device, self.precision = torch.device(device), precision
+        self.threshold = threshold if threshold is not None else decision_threshold(self.meta, self.checkpoint)
+        if cfg.backend == "onnx":
+            model = self._onnx_model(model, payload, cfg, cache_dir)
+        self._setup(model, cfg)
 
-    def _onnx_model(self):
-        from crackloc.inference.export import OnnxPredictor, export_onnx
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, cfg: InferenceConfig | None = None, *,
+                   threshold: float = 0.5, name: str = "in-memory model") -> Predictor:
+        """A predictor for a model already in memory (training-free maps, tests); torch backend only."""
+        cfg = from_dict(InferenceConfig, dataclasses.asdict(cfg or InferenceConfig()))
+        if cfg.backend != "torch":
+            raise CracklocError("an in-memory model runs on the torch backend; export it for ONNX")
+        self = cls.__new__(cls)
+        self.checkpoint, self.meta, self.threshold = Path(name), {}, float(threshold)
+        self._setup(model.to(cfg.device).eval(), cfg)
+        return self
 
-        onnx_path = self.checkpoint.with_suffix(".onnx")
-        if not onnx_path.is_file() or onnx_path.stat().st_mtime < self.checkpoint.stat().st_mtime:
-            cache = Path.home() / ".cache" / "crackloc"
-            onnx_path = cache / f"{self.checkpoint.stem}-{int(self.checkpoint.stat().st_mtime)}.onnx"
-            if not onnx_path.is_file():
-                export_onnx(self.model, onnx_path, image_size=self.tile)
-        return OnnxPredictor(onnx_path)
+    def _setup(self, model, cfg: InferenceConfig) -> None:
+        """Memory format and compilation as `cfg` asks; ONNX models run in fp32 as they are."""
+        if not isinstance(model, torch.nn.Module):
+            cfg = dataclasses.replace(cfg, precision="32", compile=False)
+        elif cfg.precision == "bf16":
+            model = model.to(memory_format=torch.channels_last)
+        if cfg.compile:
+            model = torch.compile(model)  # ~20 s once; pays off over many tiles/images
+        self.cfg, self.model, self.device = cfg, model, torch.device(cfg.device)
+
+    def _onnx_model(self, model: torch.nn.Module, payload: dict, cfg: InferenceConfig,
+                    cache_dir: str | Path | None):
+        """The model exported for `cfg.tile` (cached by file content and baked-in settings)."""
+        from crackloc.inference.export import OnnxPredictor, cached_onnx
+
+        settings = {"ahr_percentile": getattr(payload["model_config"], "ahr_percentile", None)}
+        path = cached_onnx(model, self.checkpoint, image_size=cfg.tile, settings=settings, cache=cache_dir)
+        return OnnxPredictor(path)
 
     @torch.inference_mode()
     def predict(self, image: torch.Tensor) -> Prediction:
-        """uint8 [3,H,W] → Prediction (heatmap [H,W])."""
-        h, w = image.shape[-2:]
-        if round(h * self.scale) <= self.tile * 1.1 and round(w * self.scale) <= self.tile * 1.1:
-            x = image[None].float().div(255.0)  # [1,3,H,W]
-            x = F.interpolate(x, size=(self.tile, self.tile), mode="bilinear", antialias=True, align_corners=False)
-            if self.precision == "bf16":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast_for(self.device, self.precision):
-                logits, heat = self.model(x.to(self.device))
-            heat = F.interpolate(heat.float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-            prob = float(torch.sigmoid(logits.float())[0])
-            if self.gate:
-                heat = heat * prob
-            return Prediction(prob, heat.clamp(0, 1).cpu(), 1)
-        from crackloc.inference.tiling import predict_tiled
-
-        res = predict_tiled(self.model, image, tile=self.tile, overlap=self.overlap, scale=self.scale,
-                            batch_size=self.batch_size, gate=self.gate, device=str(self.device),
-                            amp_dtype=torch.bfloat16 if self.precision == "bf16" else None,
-                            channels_last=self.precision == "bf16")
+        """uint8 [3,H,W] → Prediction (heatmap [H,W], probability = max over windows)."""
+        cfg = self.cfg
+        res = predict_tiled(self.model, image, tile=cfg.tile, overlap=cfg.overlap, scale=cfg.scale,
+                            batch_size=cfg.batch_size, gate=cfg.gate, device=self.device,
+                            amp_dtype=torch.bfloat16 if cfg.precision == "bf16" else None,
+                            channels_last=cfg.precision == "bf16")
+        if not math.isfinite(res.probability) or not bool(torch.isfinite(res.heatmap).all()):
+            raise CracklocError(f"{self.checkpoint}: the model returned NaN or infinite values "
+                                "(damaged weights?)")
         return Prediction(float(res.probability), res.heatmap.cpu(), len(res.tile_probs))
 
 

@@ -15,11 +15,15 @@ class LocalizationModel(nn.Module):
     input (mean/std) happens inside the model, so callers pass plain [0,1] images.
     """
 
-    uses_pseudo_masks: bool = False  # trained with the L1 term against teacher pseudo masks
+    uses_pseudo_masks: bool = False  # class default: trained with the L1 term against pseudo masks
     pseudo_source: str = "cam"  # which pseudo masks: 'cam' (teacher CAM, p95) | 'ddt' (DDT co-localisation)
 
-    def __init__(self, *, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    def __init__(self, *, mean: tuple[float, ...], std: tuple[float, ...],
+                 uses_pseudo_masks: bool | None = None) -> None:
+        """`uses_pseudo_masks` (a `ModelConfig.uses_pseudo_masks`): None keeps the class default."""
         super().__init__()
+        if uses_pseudo_masks is not None:
+            self.uses_pseudo_masks = uses_pseudo_masks
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 

@@ -17,6 +17,7 @@ from torch import nn
 from crackloc.config import ModelConfig, from_dict
 from crackloc.errors import CracklocError
 from crackloc.io import save_torch
+from crackloc.models.registry import build_model
 
 FORMAT = "crackloc-model-v1"
 
@@ -67,13 +68,20 @@ def _check_payload(path: Path, payload: dict) -> None:
         raise CracklocError(f"{path}: damaged model file (state_dict is not a mapping of tensors)")
 
 
-def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Build the model a file describes and load its weights: → (model in eval mode, payload)."""
-    from crackloc.models import build_model
+def load_model(path: str | Path, *, device: str | torch.device = "cpu",
+               overrides: dict[str, Any] | None = None) -> tuple[nn.Module, dict]:
+    """Build the model a file describes and load its weights: → (model in eval mode, payload).
 
+    `overrides` sets model-config fields before the model is built (e.g. the inference AHR
+    cut `{"ahr_percentile": 50.0}`); a field is set only where the model uses it
+    (`ahr_percentile` only for configs with `ahr: true`). `payload["model_config"]` is the
+    config the model was built from.
+    """
     payload = read_model_file(path)
     try:
-        cfg = from_dict(ModelConfig, {**payload["config"], "pretrained": "none"})
+        saved = {**payload["config"], "pretrained": "none"}
+        wanted = {k: v for k, v in (overrides or {}).items() if k != "ahr_percentile" or saved.get("ahr", True)}
+        cfg = from_dict(ModelConfig, {**saved, **wanted})
         model = build_model(cfg)
     except CracklocError as exc:
         raise CracklocError(f"{path}: bad model config ({exc})") from None

@@ -5,31 +5,30 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from torch import nn
 
 from crackloc.config import ModelConfig
 from crackloc.errors import CracklocError
-from crackloc.models.backbone import Backbone
+from crackloc.models.backbone import backbone_spec, build_backbone
 from crackloc.models.base import LocalizationModel
 from crackloc.models.fusion import MultiScaleFusion
-from crackloc.models.refine import (
-    AdaptiveHeatmapRefinement,
-    class_activation_map,
-    normalize_heatmap,
-)
+from crackloc.models.heads import CamHead
+from crackloc.models.refine import AdaptiveHeatmapRefinement, normalize_heatmap
 from crackloc.models.registry import register
 
 
 class CrackLocNet(LocalizationModel):
     """Backbone scales → fusion (none/concat/attention) → optional AHR → GAP → FC(C→1).
 
-    With `fusion='none', ahr=False` and the deepest scale only, this is plain CAM.
+    With `fusion='none', ahr=False` and the deepest scale only, this is plain CAM. Trained with
+    the L1 term against pseudo masks unless `cfg.uses_pseudo_masks` says otherwise.
     """
 
+    uses_pseudo_masks = True
+
     def __init__(self, cfg: ModelConfig) -> None:
-        backbone = Backbone(cfg.backbone, scales=cfg.scales, output_stride=cfg.output_stride,
-                            pretrained=cfg.pretrained)
-        super().__init__(mean=backbone.mean, std=backbone.std)
+        backbone = build_backbone(cfg.backbone, scales=cfg.scales, output_stride=cfg.output_stride,
+                                  pretrained=cfg.pretrained)
+        super().__init__(mean=backbone.mean, std=backbone.std, uses_pseudo_masks=cfg.uses_pseudo_masks)
         self.cfg = cfg
         self.backbone = backbone
         self.fusion = MultiScaleFusion(backbone.channels, mode=cfg.fusion, out_channels=cfg.fused_channels,
@@ -37,8 +36,7 @@ class CrackLocNet(LocalizationModel):
         channels = self.fusion.out_channels
         self.ahr = (AdaptiveHeatmapRefinement(channels, percentile=cfg.ahr_percentile, norm=cfg.heatmap_norm)
                     if cfg.ahr else None)
-        self.fc = nn.Linear(channels, 1)
-        self.uses_pseudo_masks = cfg.name == "crackloc"
+        self.fc = CamHead(channels)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """x [B,3,H,W] in [0,1] → fused features [B,C,h,w] (h = ⌈H / fusion_stride⌉)."""
@@ -49,8 +47,8 @@ class CrackLocNet(LocalizationModel):
         feats = self.features(x)  # [B,C,h,w]
         if self.ahr is not None:
             feats = self.ahr.attend(feats)  # [B,C,h,w]
-        logits = self.fc(feats.mean(dim=(2, 3))).squeeze(1)  # [B]
-        cam = class_activation_map(feats, self.fc)  # [B,1,h,w]
+        logits = self.fc.logits(feats)  # [B]
+        cam = self.fc.cam(feats)  # [B,1,h,w]
         if self.ahr is not None:
             return logits, self.ahr.refine(cam)
         return logits, normalize_heatmap(cam, mode=self.cfg.heatmap_norm)
@@ -58,10 +56,10 @@ class CrackLocNet(LocalizationModel):
     @torch.no_grad()
     def raw_cam(self, x: torch.Tensor) -> torch.Tensor:
         """Un-normalised CAM on the model grid, for pseudo masks: [B,3,H,W] → [B,1,h,w]."""
-        feats = self.features(x)
+        feats = self.features(x)  # [B,C,h,w]
         if self.ahr is not None:
-            feats = self.ahr.attend(feats)
-        return class_activation_map(feats, self.fc).float()
+            feats = self.ahr.attend(feats)  # [B,C,h,w]
+        return self.fc.cam(feats).float()  # [B,1,h,w]
 
 
 @register("crackloc")
@@ -72,9 +70,10 @@ def build_crackloc(cfg: ModelConfig) -> CrackLocNet:
 
 @register("resnet18_cam")
 def build_resnet18_cam(cfg: ModelConfig) -> CrackLocNet:
-    """The teacher / ResNet-18+CAM baseline: deepest stage only, GAP, FC, plain CAM."""
-    deepest = {"resnet18": "layer4", "lite0": "blocks4"}[cfg.backbone]
-    return CrackLocNet(dataclasses.replace(cfg, scales=[deepest], fusion="none", ahr=False))
+    """The teacher / ResNet-18+CAM baseline: deepest stage only, GAP, FC, plain CAM (no L1 term by default)."""
+    pseudo = False if cfg.uses_pseudo_masks is None else cfg.uses_pseudo_masks
+    return CrackLocNet(dataclasses.replace(cfg, scales=[backbone_spec(cfg.backbone).deepest], fusion="none",
+                                           ahr=False, uses_pseudo_masks=pseudo))
 
 
 ABLATION_ROWS: dict[str, dict] = {  # Table II, top to bottom
@@ -88,7 +87,11 @@ ABLATION_ROWS: dict[str, dict] = {  # Table II, top to bottom
 
 
 def ablation_config(base: ModelConfig, variant: str) -> ModelConfig:
-    """Config of one Table II row, from the proposed model's config."""
+    """Config of one Table II row, from the proposed model's config.
+
+    Rows keep `base.name` and `base.uses_pseudo_masks`, so with the proposed model's config
+    every row trains with the L1 term against pseudo masks, as the proposed model does.
+    """
     if variant not in ABLATION_ROWS:
         raise CracklocError(f"unknown ablation {variant!r}; choose from {', '.join(ABLATION_ROWS)}")
     over = ABLATION_ROWS[variant]
@@ -96,6 +99,6 @@ def ablation_config(base: ModelConfig, variant: str) -> ModelConfig:
     if over["fusion"] == "none":
         # Single scale: the deepest stage alone, run at the fusion stride so every row of
         # Table II has the same heatmap grid (14×14 at 224 px).
-        scales = [(scales or {"resnet18": ["layer4"], "lite0": ["blocks4"]}[base.backbone])[-1]]
+        scales = [scales[-1] if scales else backbone_spec(base.backbone).deepest]
         stride = base.fusion_stride if base.fusion_stride in (8, 16, 32) else stride
     return dataclasses.replace(base, scales=scales, output_stride=stride, **over)

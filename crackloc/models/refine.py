@@ -1,4 +1,4 @@
-"""AHR: adaptive heatmap refinement (paper eq. 4–5) and the CAM it refines."""
+"""AHR: adaptive heatmap refinement (paper eq. 4–5) of a CAM (see `crackloc.models.heads`)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,6 @@ import torch
 from torch import nn
 
 from crackloc.models.base import minmax_normalize
-
-
-def class_activation_map(feats: torch.Tensor, fc: nn.Linear) -> torch.Tensor:
-    """CAM of the crack class: FC weights applied at every location. [B,C,h,w] → [B,1,h,w]."""
-    w = fc.weight.to(feats.dtype)  # [1,C]
-    return torch.einsum("oc,bchw->bohw", w, feats) + fc.bias.to(feats.dtype).view(1, -1, 1, 1)
 
 
 def percentile_threshold(cam: torch.Tensor, q: float) -> torch.Tensor:

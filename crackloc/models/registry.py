@@ -1,4 +1,8 @@
-"""A small model registry: `@register("name")` on a builder, `build_model(cfg)` to make one."""
+"""A small model registry: `@register("name")` on a builder, `build_model(cfg)` to make one.
+
+This module imports nothing from `crackloc.models`; the package's `__init__` imports the
+modules whose import registers models, so any import under `crackloc.models` fills the registry.
+"""
 
 from __future__ import annotations
 
@@ -26,19 +30,11 @@ def register(name: str) -> Callable:
 
 def available_models() -> list[str]:
     """Registered model names, sorted."""
-    _import_all()
     return sorted(_REGISTRY)
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     """Build the registered model `cfg.name` from its config."""
-    _import_all()
     if cfg.name not in _REGISTRY:
         raise CracklocError(f"unknown model {cfg.name!r}; available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[cfg.name](cfg)
-
-
-def _import_all() -> None:
-    """Import modules whose import registers models (kept lazy to avoid import cycles)."""
-    import crackloc.models.baselines  # noqa: F401
-    import crackloc.models.net  # noqa: F401

@@ -21,26 +21,26 @@ from tqdm import tqdm
 
 from crackloc.errors import CracklocError
 from crackloc.models.fusion import resize_to
-from crackloc.training.module import to_input
+from crackloc.tensors import autocast_for, to_input
 
 
 @torch.no_grad()
 def _descriptor_batches(teacher: torch.nn.Module, images: torch.Tensor, *, batch_size: int, progress: bool,
-                        desc: str):
+                        desc: str, precision: str = "bf16"):
     """Yield the teacher's feature maps [b,C,h,w] (float64) batch by batch for uint8 [N,3,S,S]."""
     for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
         x = to_input(images[start:start + batch_size], channels_last=True)  # [b,3,S,S]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=x.device.type == "cpu"):
+        with autocast_for(x.device, precision):
             feats = teacher.features(x)  # [b,C,h,w]
         yield feats.double()
 
 
 def ddt_direction(teacher: torch.nn.Module, images: torch.Tensor, *, batch_size: int = 64,
-                  progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                  precision: str = "bf16", progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean [C] and first principal direction [C] of the descriptors of uint8 images [N,3,S,S]."""
     total, outer, count = None, None, 0
     for feats in _descriptor_batches(teacher, images, batch_size=batch_size, progress=progress,
-                                     desc="DDT statistics"):
+                                     desc="DDT statistics", precision=precision):
         d = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])  # [b·h·w, C]
         total = d.sum(0) if total is None else total + d.sum(0)
         outer = d.T @ d if outer is None else outer + d.T @ d
@@ -54,18 +54,18 @@ def ddt_direction(teacher: torch.nn.Module, images: torch.Tensor, *, batch_size:
 
 
 def ddt_projection(teacher: torch.nn.Module, images: torch.Tensor, mean: torch.Tensor, direction: torch.Tensor,
-                   *, batch_size: int = 64, progress: bool = True) -> torch.Tensor:
+                   *, batch_size: int = 64, precision: str = "bf16", progress: bool = True) -> torch.Tensor:
     """(descriptor − mean) · direction at every position: uint8 [N,3,S,S] → float [N,1,h,w]."""
     out = []
     for feats in _descriptor_batches(teacher, images, batch_size=batch_size, progress=progress,
-                                     desc="DDT maps"):
+                                     desc="DDT maps", precision=precision):
         out.append(torch.einsum("c,bchw->bhw", direction, feats - mean.view(1, -1, 1, 1))[:, None].float())
     return torch.cat(out)
 
 
 def ddt_pseudo_masks(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
                      grid: tuple[int, int], negatives: str = "zeros", batch_size: int = 64,
-                     progress: bool = True) -> torch.Tensor:
+                     precision: str = "bf16", progress: bool = True) -> torch.Tensor:
     """DDT pseudo maps for the PSOL regressor.
 
     Args:
@@ -78,8 +78,10 @@ def ddt_pseudo_masks(teacher: torch.nn.Module, images: torch.Tensor, labels: tor
     """
     teacher = teacher.eval().to(memory_format=torch.channels_last)
     pos = labels > 0.5
-    mean, direction = ddt_direction(teacher, images[pos], batch_size=batch_size, progress=progress)
-    proj = ddt_projection(teacher, images, mean, direction, batch_size=batch_size, progress=progress)
+    mean, direction = ddt_direction(teacher, images[pos], batch_size=batch_size, precision=precision,
+                                    progress=progress)
+    proj = ddt_projection(teacher, images, mean, direction, batch_size=batch_size, precision=precision,
+                          progress=progress)
     if (proj[pos] > 0).float().mean() > 0.5:  # the object is the smaller side
         proj = -proj
     binary = (proj > 0).float()  # [N,1,h',w']

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from crackloc.config import ModelConfig, TrainConfig
 from crackloc.data.dataset import DecodedSplit, PatchDataset
 from crackloc.errors import CracklocError
+from crackloc.models.registry import build_model
 from crackloc.training.module import EpochCSV, LitLocalizer
 
 STEP_CHECKPOINT_EVERY = 50  # train steps between "last" checkpoints, so a kill loses little
@@ -63,13 +64,14 @@ def _resume_path(last: Path) -> str | None:
 
 def fit_model(model_cfg: ModelConfig, train_cfg: TrainConfig, train: DecodedSplit, val: DecodedSplit, *,
               ckpt_dir: Path, csv_path: Path, epochs: int, pseudo: torch.Tensor | None = None,
-              progress: bool = True) -> torch.nn.Module:
+              model: torch.nn.Module | None = None, progress: bool = True) -> torch.nn.Module:
     """Train `model_cfg` on `train`, select on `val`; resumes from `ckpt_dir/last.ckpt` if present.
 
+    `model`: the model built from `model_cfg`, if the caller has built it already.
     Returns the best model (by validation AUROC), in eval mode, on the CPU.
     """
     ckpt_dir = Path(ckpt_dir)
-    module = LitLocalizer(model_cfg, train_cfg)
+    module = LitLocalizer(model if model is not None else build_model(model_cfg), model_cfg, train_cfg)
     gen = torch.Generator().manual_seed(train_cfg.seed)
     train_dl = DataLoader(PatchDataset(train, pseudo), batch_size=train_cfg.batch_size, shuffle=True,
                           generator=gen, num_workers=train_cfg.num_workers, drop_last=len(train.labels) > train_cfg.batch_size)

@@ -14,22 +14,16 @@ from torchmetrics.classification import BinaryAUROC
 from crackloc.config import ModelConfig, TrainConfig
 from crackloc.data.dataset import augment
 from crackloc.io import atomic_write
-from crackloc.models import build_model
-
-
-def to_input(images: torch.Tensor, *, channels_last: bool) -> torch.Tensor:
-    """uint8 [B,3,H,W] → float [B,3,H,W] in [0,1] (channels_last if asked)."""
-    x = images.float().div_(255.0)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+from crackloc.tensors import to_input
 
 
 class LitLocalizer(L.LightningModule):
     """Trains any registry model; the L1 term is used only by models that want pseudo masks."""
 
-    def __init__(self, model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
+    def __init__(self, model: torch.nn.Module, model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
         super().__init__()
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
-        self.model = build_model(model_cfg)
+        self.model = model
         if train_cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.val_auroc = BinaryAUROC()

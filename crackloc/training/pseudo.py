@@ -7,13 +7,16 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from crackloc.models.refine import percentile_threshold
-from crackloc.training.module import to_input
+from crackloc.tensors import autocast_for, to_input
 
 
 @torch.no_grad()
 def teacher_cams(teacher: torch.nn.Module, images: torch.Tensor, *, batch_size: int = 64,
-                 channels_last: bool = False, progress: bool = False) -> torch.Tensor:
-    """Raw CAMs of a teacher (a model with `raw_cam`): uint8 [N,3,S,S] → float [N,1,h,w]."""
+                 channels_last: bool = False, precision: str = "bf16", progress: bool = False) -> torch.Tensor:
+    """Raw CAMs of a teacher (a model with `raw_cam`): uint8 [N,3,S,S] → float [N,1,h,w].
+
+    `precision` 'bf16' runs under bf16 autocast (as training does), '32' in fp32.
+    """
     teacher = teacher.eval()
     if channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)
@@ -21,7 +24,7 @@ def teacher_cams(teacher: torch.nn.Module, images: torch.Tensor, *, batch_size: 
     for start in tqdm(range(0, len(images), batch_size), desc="teacher CAMs", disable=not progress,
                       leave=False):
         x = to_input(images[start:start + batch_size], channels_last=channels_last)  # [b,3,S,S]
-        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+        with autocast_for(x.device, precision):
             out.append(teacher.raw_cam(x).float())  # [b,1,h,w]
     return torch.cat(out)
 
@@ -35,7 +38,7 @@ def cam_masks(cams: torch.Tensor, *, size: tuple[int, int], percentile: float) -
 @torch.no_grad()
 def pseudo_masks(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
                  grid: tuple[int, int], percentile: float = 95.0, negatives: str = "zeros",
-                 batch_size: int = 64, progress: bool = True) -> torch.Tensor:
+                 batch_size: int = 64, precision: str = "bf16", progress: bool = True) -> torch.Tensor:
     """Pseudo ground truth for the student's L1 term.
 
     Args:
@@ -44,10 +47,12 @@ def pseudo_masks(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.T
         grid: the student's heatmap grid (h, w), e.g. (14, 14) at 224 px and stride 16.
         percentile: the CAM is cut at this per-image percentile (paper: 95).
         negatives: 'zeros' gives crack-free images an empty mask; 'cam' treats them alike.
+        precision: 'bf16' (autocast) or '32' for the teacher's CAM pass (`train.precision`).
     Returns:
         float16 [N,1,h,w] in [0,1] (fraction of each cell above the threshold).
     """
-    cams = teacher_cams(teacher, images, batch_size=batch_size, channels_last=True, progress=progress)
+    cams = teacher_cams(teacher, images, batch_size=batch_size, channels_last=True, precision=precision,
+                        progress=progress)
     size = tuple(images.shape[-2:])
     masks = torch.cat([F.adaptive_avg_pool2d(cam_masks(c, size=size, percentile=percentile).float(), grid)
                        for c in cams.split(batch_size)])  # [N,1,h,w]; chunks bound the S×S masks

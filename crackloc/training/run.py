@@ -16,8 +16,6 @@ the pseudo masks it used, so every run folder stays self-contained.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import shutil
 import time
@@ -27,60 +25,28 @@ import lightning as L
 import torch
 
 from crackloc.config import RunConfig, load_config, save_config
-from crackloc.data.dataset import DecodedSplit, decode_rows, stratified_subset
-from crackloc.data.folders import scan_labelled
-from crackloc.data.split import Row, check_manifest, make_manifest, read_manifest, write_manifest
+from crackloc.data.dataset import DecodedSplit
+from crackloc.data.manifest import ensure_manifest, load_splits, split_failures
 from crackloc.errors import CracklocError
-from crackloc.evaluation.classification import choose_threshold, predict_batches
 from crackloc.io import save_torch, write_json
 from crackloc.models.checkpoint import load_model, save_model
+from crackloc.models.registry import build_model
+from crackloc.tensors import predict_batches
 from crackloc.training.ddt import ddt_pseudo_masks
 from crackloc.training.fit import fit_model
 from crackloc.training.pseudo import pseudo_masks
+from crackloc.training.threshold import choose_threshold
 
 
-def ensure_manifest(cfg: RunConfig, out: Path, *, progress: bool) -> tuple[Path, list[Row]]:
-    """Read the configured manifest, or make `out/split.csv` from the data folder; check for leaks."""
-    if not cfg.data.manifest:
-        root, items = scan_labelled(cfg.data.data)
-        rows, stats = make_manifest(root, items, seed=cfg.train.seed, progress=progress)
-        cfg.data.manifest = str(write_manifest(out / "split.csv", rows, root=root).resolve())
-        write_json(out / "split_stats.json", stats)
-    root, rows = read_manifest(cfg.data.manifest)
-    if cfg.data.data and Path(cfg.data.data).is_dir():
-        root = Path(cfg.data.data).resolve()
-    check_manifest(rows)
-    return root, rows
+def student_pseudo(cfg: RunConfig, model: torch.nn.Module) -> tuple[str | None, tuple[int, int]]:
+    """Which pseudo masks the student trains against ('cam', 'ddt' or None) and its heatmap grid (h, w).
 
-
-def split_failures(out: Path) -> list[tuple[str, str]]:
-    """Images the split left out as unreadable: (path, reason) from RUN/split_stats.json, if any."""
-    path = out / "split_stats.json"
-    if not path.is_file():
-        return []
-    return [(f["path"], f["reason"]) for f in json.loads(path.read_text(encoding="utf-8")).get("failed", [])]
-
-
-def load_splits(cfg: RunConfig, root: Path, rows: list[Row], names: tuple[str, ...], *,
-                progress: bool) -> dict[str, DecodedSplit]:
-    """Decode the (preset-limited) splits named in `names`."""
-    limits = {"train": cfg.data.max_train, "val": cfg.data.max_val, "test": cfg.data.max_test}
-    out = {}
-    for name in names:
-        part = stratified_subset([r for r in rows if r.split == name], limits[name], seed=cfg.train.seed)
-        if not part:
-            raise CracklocError(f"the manifest has no {name} images")
-        out[name] = decode_rows(root, part, size=cfg.data.image_size, desc=f"decoding {name}", progress=progress)
-    return out
-
-
-def student_pseudo(cfg: RunConfig) -> tuple[str | None, tuple[int, int]]:
-    """Which pseudo masks the student trains against ('cam', 'ddt' or None) and its heatmap grid (h, w)."""
-    from crackloc.models import build_model
-
-    model = build_model(dataclasses.replace(cfg.model, pretrained="none")).eval()
+    One no-grad forward of the (freshly built) student in eval mode: it consumes no random numbers.
+    """
+    was_training = model.training
     with torch.no_grad():
-        _, low = model.forward_lowres(torch.zeros(1, 3, cfg.data.image_size, cfg.data.image_size))
+        _, low = model.eval().forward_lowres(torch.zeros(1, 3, cfg.data.image_size, cfg.data.image_size))
+    model.train(was_training)
     wants = model.uses_pseudo_masks and cfg.train.lambda_l1 > 0
     return (model.pseudo_source if wants else None), tuple(low.shape[-2:])
 
@@ -149,10 +115,12 @@ def cached_pseudo_masks(cfg: RunConfig, out: Path, teacher: torch.nn.Module, tra
             return masks
     if source == "ddt":
         masks = ddt_pseudo_masks(teacher, train.images, train.labels, grid=grid,
-                                 negatives=cfg.train.negative_pseudo, progress=progress)
+                                 negatives=cfg.train.negative_pseudo, precision=cfg.train.precision,
+                                 progress=progress)
     else:
         masks = pseudo_masks(teacher, train.images, train.labels, grid=grid, percentile=cfg.train.pseudo_percentile,
-                             negatives=cfg.train.negative_pseudo, progress=progress)
+                             negatives=cfg.train.negative_pseudo, precision=cfg.train.precision,
+                             progress=progress)
     save_torch(path, {"paths": train.paths, "masks": masks, "source": source})
     if keyed is not None:
         link_file(path, keyed)
@@ -178,15 +146,16 @@ def train_run(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress
     teacher = train_teacher(cfg, shared, splits, progress=progress)
     if shared != out:
         link_file(shared / "teacher.pt", out / "teacher.pt")
-    source, grid = student_pseudo(cfg)
+    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    student = build_model(cfg.model)  # built once; the pseudo-mask pass below draws no random numbers
+    source, grid = student_pseudo(cfg, student)
     pseudo = None
     if source is not None:
         pseudo = cached_pseudo_masks(cfg, out, teacher, splits["train"], source=source, grid=grid,
                                      shared=shared if shared != out else None, progress=progress)
-    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
     model = fit_model(cfg.model, cfg.train, splits["train"], splits["val"], ckpt_dir=out / "checkpoints/student",
                       csv_path=out / "student_epochs.csv", epochs=cfg.train.epochs, pseudo=pseudo,
-                      progress=progress)
+                      model=student, progress=progress)
     val_probs, _ = predict_batches(model, splits["val"].images, precision=cfg.train.precision)
     threshold = choose_threshold(val_probs, splits["val"].labels)
     failed = split_failures(out) + [f for s in splits.values() for f in s.failed]

@@ -6,17 +6,16 @@ GAP, FC(512→1); the heatmap is the class activation map of the crack logit.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
 from crackloc.config import ModelConfig
-from crackloc.errors import CracklocError
-from crackloc.models.backbone import IMAGENET_MEAN, IMAGENET_STD, read_state_dict, resolve_weights
+from crackloc.models.backbone import IMAGENET_MEAN, IMAGENET_STD
 from crackloc.models.base import LocalizationModel
-from crackloc.models.refine import class_activation_map, normalize_heatmap
+from crackloc.models.heads import CamHead
+from crackloc.models.refine import normalize_heatmap
 from crackloc.models.registry import register
+from crackloc.models.weights import hub_checkpoint, load_weights
 
 VGG16_HUB_FILE = "vgg16-397923af.pth"  # torchvision's ImageNet VGG-16 file in the torch hub cache
 LAST_POOL = 30  # index of the fifth max-pool in torchvision's vgg16().features
@@ -28,39 +27,28 @@ class CamVGG16(LocalizationModel):
     def __init__(self, cfg: ModelConfig) -> None:
         from torchvision.models import vgg16
 
-        super().__init__(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        super().__init__(mean=IMAGENET_MEAN, std=IMAGENET_STD, uses_pseudo_masks=cfg.uses_pseudo_masks)
         self.cfg = cfg
         self.features = vgg16(weights=None).features[:LAST_POOL]  # keeps torchvision's indices
-        self.fc = nn.Linear(512, 1)
+        self.fc = CamHead(512)
         self.pretrained_source = load_vgg16_weights(self.features, cfg.pretrained)
 
     def forward_lowres(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.features(self.normalize(x))  # [B,512,H/16,W/16]
-        logits = self.fc(feats.mean(dim=(2, 3))).squeeze(1)  # [B]
-        cam = class_activation_map(feats, self.fc)  # [B,1,H/16,W/16]
+        logits = self.fc.logits(feats)  # [B]
+        cam = self.fc.cam(feats)  # [B,1,H/16,W/16]
         return logits, normalize_heatmap(cam, mode=self.cfg.heatmap_norm)
 
     @torch.no_grad()
     def raw_cam(self, x: torch.Tensor) -> torch.Tensor:
         """Un-normalised CAM on the model grid: [B,3,H,W] → [B,1,H/16,W/16]."""
-        return class_activation_map(self.features(self.normalize(x)), self.fc).float()
+        return self.fc.cam(self.features(self.normalize(x))).float()  # [B,1,H/16,W/16]
 
 
 def load_vgg16_weights(features: nn.Sequential, pretrained: str) -> str:
     """Load torchvision's ImageNet VGG-16 conv weights ('auto': hub cache, 'none', or a path)."""
-    candidates = [Path(torch.hub.get_dir()) / "checkpoints" / VGG16_HUB_FILE]
-    path = resolve_weights(pretrained, candidates, "vgg16")
-    if path is None:
-        return "none"
-    sd = read_state_dict(path)
-    own = features.state_dict()
-    usable = {k[len("features."):]: v for k, v in sd.items() if k.startswith("features.")}
-    usable = {k: v for k, v in usable.items() if k in own and own[k].shape == v.shape}
-    if len(usable) != len(own):
-        raise CracklocError(f"{path}: does not match VGG-16 ({len(own) - len(usable)} of {len(own)} "
-                            "conv tensors missing)")
-    features.load_state_dict(usable)
-    return str(path)
+    return load_weights(features, pretrained, candidates=[hub_checkpoint(VGG16_HUB_FILE)], what="VGG-16",
+                        prefix="features.")
 
 
 @register("cam_vgg16")

@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from crackloc.config import ModelConfig
-from crackloc.models.backbone import Backbone
+from crackloc.models.backbone import backbone_spec, build_backbone
 from crackloc.models.base import LocalizationModel
+from crackloc.models.heads import CamHead
 from crackloc.models.registry import register
 
 PSOL_STRIDE = 16  # the regressed map is 14×14 at 224 px, the proposed model's grid
@@ -33,10 +34,9 @@ class PSOLNet(LocalizationModel):
     pseudo_source = "ddt"
 
     def __init__(self, cfg: ModelConfig) -> None:
-        deepest = {"resnet18": "layer4", "lite0": "blocks4"}[cfg.backbone]
-        backbone = Backbone(cfg.backbone, scales=[deepest], output_stride=PSOL_STRIDE,
-                            pretrained=cfg.pretrained)
-        super().__init__(mean=backbone.mean, std=backbone.std)
+        backbone = build_backbone(cfg.backbone, scales=[backbone_spec(cfg.backbone).deepest],
+                                  output_stride=PSOL_STRIDE, pretrained=cfg.pretrained)
+        super().__init__(mean=backbone.mean, std=backbone.std, uses_pseudo_masks=cfg.uses_pseudo_masks)
         self.cfg = cfg
         self.backbone = backbone
         channels = backbone.channels[-1]
@@ -46,11 +46,11 @@ class PSOLNet(LocalizationModel):
             nn.ReLU(inplace=True),
             nn.Conv2d(HEAD_CHANNELS, 1, kernel_size=1),
         )
-        self.fc = nn.Linear(channels, 1)
+        self.fc = CamHead(channels)
 
     def forward_lowres(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.backbone(self.normalize(x))[-1]  # [B,C,H/16,W/16]
-        logits = self.fc(feats.mean(dim=(2, 3))).squeeze(1)  # [B]
+        logits = self.fc.logits(feats)  # [B]
         return logits, torch.sigmoid(self.regressor(feats).float())  # [B], [B,1,h,w]
 
 

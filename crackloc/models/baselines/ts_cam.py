@@ -22,10 +22,11 @@ from torch import nn
 
 from crackloc.config import ModelConfig
 from crackloc.errors import CracklocError
-from crackloc.models.backbone import IMAGENET_MEAN, IMAGENET_STD, read_state_dict, resolve_weights
+from crackloc.models.backbone import IMAGENET_MEAN, IMAGENET_STD
 from crackloc.models.base import LocalizationModel
 from crackloc.models.refine import normalize_heatmap
 from crackloc.models.registry import register
+from crackloc.models.weights import load_weights
 
 VIT_NAME = "deit_tiny_patch16_224"
 PATCH = 16
@@ -51,21 +52,13 @@ class TSCAM(LocalizationModel):
         import timm
 
         os.environ["HF_HUB_OFFLINE"] = "1"
-        super().__init__(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        super().__init__(mean=IMAGENET_MEAN, std=IMAGENET_STD, uses_pseudo_masks=cfg.uses_pseudo_masks)
         self.cfg = cfg
         self.vit = timm.create_model(VIT_NAME, pretrained=False, num_classes=0, dynamic_img_size=True)
-        self.pretrained_source = self._load_weights(cfg.pretrained)
+        # 'auto': nothing is cached for DeiT-Tiny → random init (with a warning)
+        self.pretrained_source = load_weights(self.vit, cfg.pretrained, candidates=[], what=VIT_NAME)
         self.semantic = nn.Conv2d(self.vit.embed_dim, 1, kernel_size=1)  # tokens → crack map
         self.attention_blocks = attention_blocks or len(self.vit.blocks)
-
-    def _load_weights(self, pretrained: str) -> str:
-        path = resolve_weights(pretrained, [], VIT_NAME)  # 'auto': nothing is cached for it → random
-        if path is None:
-            return "none"
-        missing, _ = self.vit.load_state_dict(read_state_dict(path), strict=False)
-        if missing:
-            raise CracklocError(f"{path}: does not match {VIT_NAME} ({len(missing)} tensors missing)")
-        return str(path)
 
     def tokens_and_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B,3,H,W] in [0,1] → (patch tokens [B,D,H/16,W/16], attention [B,1,H/16,W/16])."""

@@ -21,9 +21,10 @@ import torch
 from torch import nn
 
 from crackloc.config import ModelConfig
-from crackloc.models.backbone import Backbone
+from crackloc.models.backbone import Backbone, backbone_spec, build_backbone
 from crackloc.models.base import LocalizationModel
-from crackloc.models.refine import class_activation_map, normalize_heatmap, percentile_threshold
+from crackloc.models.heads import CamHead
+from crackloc.models.refine import normalize_heatmap, percentile_threshold
 from crackloc.models.registry import register
 
 GRADCAM_CHUNK = 16  # images per Grad-CAM++ backward pass (bounds memory)
@@ -35,24 +36,23 @@ class ResidualClassifier(nn.Module):
     def __init__(self, backbone: Backbone) -> None:
         super().__init__()
         self.backbone = backbone
-        self.fc = nn.Linear(backbone.channels[-1], 1)
+        self.fc = CamHead(backbone.channels[-1])
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """[B,3,H,W] → last-stage map [B,512,h,w]."""
         return self.backbone(x)[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.features(x).mean(dim=(2, 3)))  # [B,1]
+        return self.fc.logits(self.features(x))[:, None]  # [B,1]
 
 
 class WSOLCrack(LocalizationModel):
     """ResNet-18 crack classifier with thresholded Grad-CAM++ heatmaps (see the module notes)."""
 
     def __init__(self, cfg: ModelConfig) -> None:
-        deepest = {"resnet18": "layer4", "lite0": "blocks4"}[cfg.backbone]
-        backbone = Backbone(cfg.backbone, scales=[deepest], output_stride=cfg.output_stride,
-                            pretrained=cfg.pretrained)
-        super().__init__(mean=backbone.mean, std=backbone.std)
+        backbone = build_backbone(cfg.backbone, scales=[backbone_spec(cfg.backbone).deepest],
+                                  output_stride=cfg.output_stride, pretrained=cfg.pretrained)
+        super().__init__(mean=backbone.mean, std=backbone.std, uses_pseudo_masks=cfg.uses_pseudo_masks)
         self.cfg = cfg
         self.net = ResidualClassifier(backbone)
 
@@ -64,14 +64,13 @@ class WSOLCrack(LocalizationModel):
     @staticmethod
     def target_layer(net: ResidualClassifier) -> nn.Module:
         """The last backbone stage of `net`, whose activations Grad-CAM++ weighs."""
-        bb = net.backbone
-        return bb.body[bb.scales[-1]] if bb.name == "resnet18" else bb.net
+        return net.backbone.stage(net.backbone.scales[-1])
 
     def forward_lowres(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Training path: logits [B] and the plain CAM [B,1,h,w] (min-max to [0,1])."""
         feats = self.net.features(self.normalize(x))  # [B,C,h,w]
-        logits = self.net.fc(feats.mean(dim=(2, 3))).squeeze(1)  # [B]
-        return logits, normalize_heatmap(class_activation_map(feats, self.net.fc), mode="max")
+        logits = self.net.fc.logits(feats)  # [B]
+        return logits, normalize_heatmap(self.net.fc.cam(feats), mode="max")  # [B], [B,1,h,w]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B,3,H,W] in [0,1] → (logits [B], thresholded Grad-CAM++ heatmap [B,1,H,W])."""

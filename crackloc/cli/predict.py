@@ -5,42 +5,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from crackloc.cli import command, report_failures
-from crackloc.config import DEFAULT_AHR_PERCENTILE
+from crackloc.cli.registry import (
+    add_inference_options,
+    command,
+    inference_config,
+    report_failures,
+)
+from crackloc.config import InferenceConfig
 from crackloc.errors import CracklocError
-
-
-def _add_inference_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", help="model file (default: the model bundled with crackloc)")
-    g = p.add_argument_group("large images (tiled inference)")
-    g.add_argument("--tile", type=int, default=224, help="window size in model pixels (default 224)")
-    g.add_argument("--overlap", type=float, default=0.25, help="window overlap fraction (default 0.25)")
-    g.add_argument("--scale", type=float, default=1.0,
-                   help="resize the photo by this factor before tiling (cracks should look as wide as in "
-                        "the 227 px training patches; default 1.0)")
-    g.add_argument("--gate", action=argparse.BooleanOptionalAction, default=True,
-                   help="weight each window's map by its crack probability (default on: it raised PxAP on "
-                        "CrackForest's dev images for every model and scale ≥ 2 we tried)")
-    g.add_argument("--ahr-percentile", type=float, default=DEFAULT_AHR_PERCENTILE,
-                   help=f"AHR keeps map values above this per-window percentile (default "
-                        f"{DEFAULT_AHR_PERCENTILE:g}, chosen on CrackForest dev images; the paper and "
-                        "training use 90)")
-    g.add_argument("--batch-size", type=int, default=16, help="windows per forward pass (bounds memory)")
-    g.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="torch or ONNX Runtime")
-    g.add_argument("--compile", action="store_true",
-                   help="torch.compile the model (~20 s once, then ~1.25x faster; for big batches of images)")
-    g.add_argument("--precision", choices=["bf16", "32"], default="bf16",
-                   help="bf16 autocast + channels_last (default, ~2x faster on CPU) or fp32")
 
 
 def _predictor(a: argparse.Namespace):
     from crackloc.inference.predictor import Predictor
 
-    if a.tile < 32 or not 0 <= a.overlap < 1 or a.scale <= 0 or a.batch_size < 1:
-        raise CracklocError("need --tile ≥ 32, 0 ≤ --overlap < 1, --scale > 0, --batch-size ≥ 1")
-    return Predictor(a.checkpoint, backend=a.backend, tile=a.tile, overlap=a.overlap, scale=a.scale,
-                     gate=a.gate, batch_size=a.batch_size, precision=a.precision,
-                     ahr_percentile=a.ahr_percentile, compile=a.compile)
+    return Predictor(a.checkpoint, inference_config(a), cache_dir=a.cache_dir)
 
 
 def _summarize(report, out: Path) -> int:
@@ -56,7 +34,7 @@ def _predict_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--geometry", action="store_true", help="measure each crack (length, width, orientation)")
     p.add_argument("--mm-per-px", type=float, help="image scale, to report geometry in millimetres too")
     p.add_argument("--max-pixels", type=int, help="refuse images above this many pixels (default 100 MP)")
-    _add_inference_options(p)
+    add_inference_options(p)
     p.set_defaults(func=_run_predict)
 
 
@@ -103,7 +81,8 @@ def _run_demo(a: argparse.Namespace) -> int:
         print(f"    test split of the sample: AUROC {m['auroc']:.3f}, accuracy {m['accuracy']:.3f} "
               f"(30 patches at 112 px, random init: a smoke test, not a benchmark) → {run}/metrics.md")
         print("2/3 mapping the sample photo with the model just trained")
-        predict_files(Predictor(run / "model.pt", tile=112), [photo], out / "own_model", progress=False)
+        own = Predictor(run / "model.pt", InferenceConfig(tile=cfg.data.image_size))
+        predict_files(own, [photo], out / "own_model", progress=False)
     if BUNDLED_MODEL.is_file():
         print("3/3 mapping the sample photo with the bundled model (quick preset, 3,000 Özgenel patches; docs/model_card.md)")
         report = predict_files(Predictor(), [photo], out / "bundled_model", geometry=True, progress=False)
@@ -125,21 +104,15 @@ def _evaluate_loc_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tolerance", type=int, default=2,
                    help="px distance at which a predicted crack pixel still counts (default 2; 0 = exact)")
     p.add_argument("--max-images", type=int, help="score a seeded subset of this many images")
-    _add_inference_options(p)
+    add_inference_options(p)
     p.set_defaults(func=_run_evaluate_loc)
 
 
 def _run_evaluate_loc(a: argparse.Namespace) -> int:
-    import torch
-
     from crackloc.evaluation.localize_run import evaluate_localization
 
-    pred = _predictor(a)
-    amp = torch.bfloat16 if a.precision == "bf16" and a.backend == "torch" else None
-    m = evaluate_localization(pred.model, a.data, a.out, tile=a.tile, overlap=a.overlap, scale=a.scale,
-                              gate=a.gate, dev_fraction=a.dev_fraction, seed=a.seed, tolerance=a.tolerance,
-                              batch_size=a.batch_size, max_images=a.max_images,
-                              amp_dtype=amp)
+    m = evaluate_localization(_predictor(a), a.data, a.out, dev_fraction=a.dev_fraction, seed=a.seed,
+                              tolerance=a.tolerance, max_images=a.max_images)
     print(f"PxAP {m['pxap']:.4f}  F1 {m['f1']:.4f}  IoU {m['iou']:.4f}  (threshold {m['threshold']:.3f} "
           f"chosen on {m['n_dev']} dev images, scored on {m['n_test']}; ODS F1 {m['ods_f1']:.4f}, "
           f"OIS F1 {m['ois_f1']:.4f}) → {a.out}/metrics.json")

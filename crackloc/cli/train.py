@@ -1,50 +1,25 @@
-"""`crackloc` command line: split, train, evaluate, predict, demo, and more.
-
-Every subcommand turns a user error into one line on stderr and a non-zero exit code.
-"""
+"""Training-side subcommands: split, train, evaluate."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 
+from crackloc.cli.registry import checked, command, report_failures
+from crackloc.config import PRESETS, ModelConfig, TrainConfig, choices_of
 from crackloc.errors import CracklocError
-
-COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
-
-
-def command(name: str, help_text: str) -> Callable:
-    """Register `fn(parser)` that adds a subcommand's arguments and sets `func`."""
-    def deco(fn: Callable[[argparse.ArgumentParser], None]) -> Callable:
-        fn.help_text = help_text  # type: ignore[attr-defined]
-        COMMANDS[name] = fn
-        return fn
-    return deco
-
-
-def report_failures(failures: list[tuple[str, str]], *, noun: str, listed_in: str) -> int:
-    """Print each failed input as `failed: PATH: REASON`, then a count, to stderr: → exit code 0/1."""
-    for path, why in failures:
-        print(f"  failed: {path}: {why}", file=sys.stderr)
-    if failures:
-        print(f"{len(failures)} {noun}(s) failed (listed in {listed_in})", file=sys.stderr)
-    return 1 if failures else 0
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model (override the preset)")
     g.add_argument("--model", dest="model.name", help="registry name (default: crackloc, the proposed model)")
-    g.add_argument("--backbone", dest="model.backbone", choices=["resnet18", "lite0"],
+    g.add_argument("--backbone", dest="model.backbone", choices=choices_of(ModelConfig, "backbone"),
                    help="resnet18 (paper) or lite0 (EfficientNet-Lite0, ImageNet weights available offline)")
     g.add_argument("--pretrained", help="ImageNet weights: 'auto' (torch hub cache), 'none', or a file path")
-    g.add_argument("--fusion", dest="model.fusion", choices=["none", "concat", "attention"])
+    g.add_argument("--fusion", dest="model.fusion", choices=choices_of(ModelConfig, "fusion"))
     g.add_argument("--no-ahr", dest="model.ahr", action="store_const", const=False, help="disable AHR")
-    g.add_argument("--heatmap-norm", dest="model.heatmap_norm", choices=["max", "sigmoid"])
+    g.add_argument("--heatmap-norm", dest="model.heatmap_norm", choices=choices_of(ModelConfig, "heatmap_norm"))
 
 
 @command("split", "group duplicates and write a leak-free 70/15/15 split manifest (CSV)")
@@ -81,18 +56,19 @@ def _run_split(a: argparse.Namespace) -> int:
 def _train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="folder with Positive/ and Negative/ (a split is made unless --manifest)")
     p.add_argument("--manifest", help="split manifest from `crackloc split` (reused as is)")
-    p.add_argument("--preset", default="quick", choices=["quick", "paper", "tiny"],
+    p.add_argument("--preset", default="quick", choices=list(PRESETS),
                    help="quick: ~15 min on 2 CPU cores; paper: as published; tiny: smoke tests")
     p.add_argument("--config", help="YAML RunConfig to start from instead of a preset")
     p.add_argument("--out", required=True, help="run folder to create (RUN)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
-    p.add_argument("--seed", dest="train.seed", type=int)
-    p.add_argument("--epochs", dest="train.epochs", type=int)
-    p.add_argument("--teacher-epochs", dest="train.teacher_epochs", type=int)
-    p.add_argument("--batch-size", dest="train.batch_size", type=int)
-    p.add_argument("--lr", dest="train.lr", type=float)
-    p.add_argument("--max-train", dest="data.max_train", type=int, help="cap on training images")
-    p.add_argument("--precision", dest="train.precision", choices=["bf16", "32"])
+    p.add_argument("--seed", dest="train.seed", type=checked("seed", "--seed", int))
+    p.add_argument("--epochs", dest="train.epochs", type=checked("epochs", "--epochs", int))
+    p.add_argument("--teacher-epochs", dest="train.teacher_epochs", type=checked("teacher_epochs", "--teacher-epochs", int))
+    p.add_argument("--batch-size", dest="train.batch_size", type=checked("batch_size", "--batch-size", int))
+    p.add_argument("--lr", dest="train.lr", type=checked("lr", "--lr"))
+    p.add_argument("--max-train", dest="data.max_train", type=checked("max_train", "--max-train", int),
+                   help="cap on training images")
+    p.add_argument("--precision", dest="train.precision", choices=choices_of(TrainConfig, "precision"))
     p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation at the end")
     _add_model_options(p)
     p.set_defaults(func=_run_train)
@@ -151,45 +127,3 @@ def _run_evaluate(a: argparse.Namespace) -> int:
         print(f"{key}: AUROC {t['auroc']:.4f}  accuracy {t['accuracy']:.4f}  precision {t['precision']:.4f}  "
               f"recall {t['recall']:.4f}  F1 {t['f1']:.4f}  (threshold {t['threshold']:.3f})")
     return 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with one sub-parser per registered command."""
-    import crackloc.cli_experiment  # noqa: F401  (registers experiment, report)
-    import crackloc.cli_predict  # noqa: F401  (registers predict, demo, ...)
-
-    parser = argparse.ArgumentParser(
-        prog="crackloc",
-        description="Weakly supervised concrete crack localization: a crack probability and a pixel "
-                    "heatmap from a model trained with image-level labels only.",
-        epilog="Run `crackloc COMMAND --help` for the options of a command.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, fn in COMMANDS.items():
-        fn(sub.add_parser(name, help=fn.help_text, description=fn.help_text))
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `crackloc` console script."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=UserWarning, module="lightning")
-            return int(args.func(args) or 0)
-    except CracklocError as exc:
-        print(f"crackloc {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # the environment, not a bug: disk full, no permission, read-only --out
-        print(f"crackloc {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"crackloc {args.command}: interrupted (a training run continues with --resume)", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":  # `python -m crackloc.cli`: use the imported module's registry
-    from crackloc.cli import main as _main
-
-    sys.exit(_main())

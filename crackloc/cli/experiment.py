@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from crackloc.cli import command
+from crackloc.cli.registry import command
+from crackloc.config import EXPERIMENT_BUDGET, PRESETS
 from crackloc.errors import CracklocError
 
-PRESET_HELP = ("quick: per seed 2,000 training / 500 val / 1,000 test patches, 2 teacher + 2 student "
-               "epochs, bf16; estimated ~1 h per seed for all 11 methods on 2 free CPU cores (VGG-16 "
+PRESET_HELP = ("quick: the quick preset with the experiment's per-run budget "
+               f"{EXPERIMENT_BUDGET['quick']} (2,000 training / 500 val / 1,000 test patches, 2 teacher + 2 "
+               "student epochs, bf16); estimated ~1 h per seed for all 11 methods on 2 free CPU cores (VGG-16 "
                "~10 min, PSOL/TS-CAM ~7 min, the ResNet-18 models 2-5 min each), so ~3 h for seeds "
                "0,1,2, about twice that while another job shares the CPU; "
                "paper: as published (all images, up to 30 epochs, early stopping: needs a GPU); "
@@ -20,7 +22,7 @@ PRESET_HELP = ("quick: per seed 2,000 training / 500 val / 1,000 test patches, 2
 def _experiment_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="folder with Positive/ and Negative/ (a split is made once into EXP/split.csv)")
     p.add_argument("--manifest", help="split manifest from `crackloc split` (reused by every run)")
-    p.add_argument("--preset", default="quick", choices=["quick", "paper", "tiny"], help=PRESET_HELP)
+    p.add_argument("--preset", default="quick", choices=list(PRESETS), help=PRESET_HELP)
     p.add_argument("--methods", default="all",
                    help="'all' (crackloc, the 5 baselines, the ablations) or a comma list, e.g. "
                         "crackloc,resnet18_cam,ablation:single_scale")
@@ -45,13 +47,9 @@ def _experiment_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _run_experiment(a: argparse.Namespace) -> int:
+    from crackloc.experiments.methods import parse_methods
     from crackloc.experiments.report import build_report, fmt
-    from crackloc.experiments.runner import (
-        ExperimentSpec,
-        parse_methods,
-        parse_seeds,
-        run_experiment,
-    )
+    from crackloc.experiments.runner import ExperimentSpec, parse_seeds, run_experiment
 
     if not (a.data or a.manifest or (Path(a.out) / "split.csv").is_file()):
         raise CracklocError("give --data DIR or --manifest CSV")

@@ -1,0 +1,98 @@
+"""The subcommand registry and the option helpers every command shares.
+
+A command module registers `fn(parser)` with `@command(name, help)`; `crackloc.cli.main`
+imports the command modules and builds one sub-parser each. Choices and numeric checks come
+from the typed configs (`crackloc.config`), so a flag and its config field cannot disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from crackloc.config import InferenceConfig, check_value, choices_of, from_dict
+
+COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
+
+
+def command(name: str, help_text: str) -> Callable:
+    """Register `fn(parser)` that adds a subcommand's arguments and sets `func`."""
+    def deco(fn: Callable[[argparse.ArgumentParser], None]) -> Callable:
+        fn.help_text = help_text  # type: ignore[attr-defined]
+        COMMANDS[name] = fn
+        return fn
+    return deco
+
+
+def report_failures(failures: list[tuple[str, str]], *, noun: str, listed_in: str) -> int:
+    """Print each failed input as `failed: PATH: REASON`, then a count, to stderr: → exit code 0/1."""
+    for path, why in failures:
+        print(f"  failed: {path}: {why}", file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} {noun}(s) failed (listed in {listed_in})", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def checked(key: str, option: str, kind: type = float) -> Callable[[str], Any]:
+    """An argparse `type` that parses `kind` and refuses non-finite / out-of-range values of field `key`."""
+    def parse(text: str) -> Any:
+        from crackloc.errors import CracklocError
+
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}: {text!r}") \
+                from None
+        try:
+            return check_value(key, value, option=option)
+        except CracklocError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+INFERENCE_HELP: dict[str, str] = {
+    "tile": "window size in model pixels (default {d})",
+    "overlap": "window overlap fraction (default {d})",
+    "scale": "resize the photo by this factor before tiling (cracks should look as wide as in the 227 px "
+             "training patches; default {d})",
+    "gate": "weight each window's map by its crack probability (default on: it raised PxAP on "
+            "CrackForest's dev images for every model and scale ≥ 2 we tried)",
+    "ahr_percentile": "AHR keeps map values above this per-window percentile (default {d}, chosen on "
+                      "CrackForest dev images; the paper and training use 90)",
+    "batch_size": "windows per forward pass (bounds memory; default {d})",
+    "backend": "torch or ONNX Runtime (exports are cached under $CRACKLOC_CACHE or --cache-dir)",
+    "compile": "torch.compile the model (~20 s once, then ~1.25x faster; for big batches of images)",
+    "precision": "bf16 autocast + channels_last (default, ~2x faster on CPU) or 32 (fp32)",
+}
+
+
+def add_inference_options(p: argparse.ArgumentParser, **defaults: Any) -> None:
+    """--checkpoint and one flag per `InferenceConfig` field (choices and ranges from the config)."""
+    p.add_argument("--checkpoint", help="model file (default: the model bundled with crackloc)")
+    p.add_argument("--cache-dir", help="folder for cached ONNX exports (default $CRACKLOC_CACHE or "
+                                       "~/.cache/crackloc)")
+    g = p.add_argument_group("inference (tiled: any image size)")
+    base = dataclasses.replace(InferenceConfig(), **defaults)
+    for f in dataclasses.fields(InferenceConfig):
+        if f.name not in INFERENCE_HELP:
+            continue
+        flag, default = "--" + f.name.replace("_", "-"), getattr(base, f.name)
+        text = INFERENCE_HELP[f.name].format(d=f"{default:g}" if isinstance(default, float) else default)
+        kw: dict[str, Any] = {"dest": f"inference.{f.name}", "default": default, "help": text}
+        if isinstance(default, bool):
+            kw["action"] = argparse.BooleanOptionalAction if default else "store_true"
+        elif choices_of(InferenceConfig, f.name):
+            kw["choices"] = list(choices_of(InferenceConfig, f.name))
+        else:
+            kw["type"] = checked(f.name, flag, int if isinstance(default, int) else float)
+        g.add_argument(flag, **kw)
+
+
+def inference_config(a: argparse.Namespace) -> InferenceConfig:
+    """The `InferenceConfig` the inference flags describe (validated)."""
+    values = {k.split(".", 1)[1]: v for k, v in vars(a).items() if k.startswith("inference.")}
+    return from_dict(InferenceConfig, values)
