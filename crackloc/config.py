@@ -129,9 +129,16 @@ RANGES: dict[str, tuple[float, float]] = {
     "image_size": (32, 4096), "se_reduction": (1, 512), "fused_channels": (1, 8192),
     "max_train": (1, 10**8), "max_val": (1, 10**8), "max_test": (1, 10**8), "seed": (0, 2**32 - 1),
     "num_workers": (0, 256), "tile": (32, 4096), "overlap": (0, 0.95), "scale": (0.01, 64),
+    # command-line options that are not config fields (same checks, `crackloc.cli.registry.checked`)
+    "loc_scale": (0.01, 64), "max_distance": (0, 16), "mm_per_px": (1e-6, 1e4), "max_pixels": (1, 10**10),
+    "dev_fraction": (0.01, 0.99), "tolerance": (0, 32), "max_images": (2, 10**7), "opset": (1, 100),
+    "images": (1, 64),
 }
-UNITS: dict[str, str] = {"tile": "px", "scale": "x", "overlap": "of a window", "ahr_percentile": "%",
-                         "pseudo_percentile": "%", "image_size": "px"}
+UNITS: dict[str, str] = {"tile": "px", "scale": "x", "loc_scale": "x", "overlap": "of a window",
+                         "ahr_percentile": "%", "pseudo_percentile": "%", "image_size": "px", "tolerance": "px",
+                         "mm_per_px": "mm per px", "max_pixels": "pixels", "max_distance": "bits of the 64-bit hash",
+                         "dev_fraction": "of the images", "max_images": "images", "images": "images",
+                         "epochs": "epochs", "teacher_epochs": "epochs", "batch_size": "images"}
 
 # The presets, defined once. `quick` fits a 2-core CPU; `tiny` is for tests and the demo.
 PRESETS: dict[str, dict[str, Any]] = {

@@ -127,8 +127,9 @@ def test_cli_experiment_refuses_bad_arguments(tmp_path, capsys):
     assert main(["experiment", "--out", str(tmp_path / "e")]) == 2
     assert main(["experiment", "--data", str(tmp_path), "--out", str(tmp_path / "e"), "--methods", "foo"]) == 2
     assert "unknown method" in capsys.readouterr().err
-    assert main(["experiment", "--data", str(tmp_path), "--out", str(tmp_path / "e"), "--loc-scale", "0"]) == 2
-    assert "--loc-scale must be > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["experiment", "--data", str(tmp_path), "--out", str(tmp_path / "e"), "--loc-scale", "0"])
+    assert exc.value.code == 2 and "--loc-scale=0.0 is outside [0.01, 64]" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nothing")]) == 2
 
 

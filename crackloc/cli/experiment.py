@@ -53,10 +53,6 @@ def _run_experiment(a: argparse.Namespace) -> int:
 
     if not (a.data or a.manifest or (Path(a.out) / "split.csv").is_file()):
         raise CracklocError("give --data DIR or --manifest CSV")
-    if a.max_images is not None and a.max_images < 2:
-        raise CracklocError("--max-images must be at least 2 (a dev and a test image)")
-    if a.loc_scale <= 0:
-        raise CracklocError(f"--loc-scale must be > 0, got {a.loc_scale}")
     over = {"train.epochs": a.epochs, "train.teacher_epochs": a.teacher_epochs, "data.max_train": a.max_train}
     if a.pretrained:
         over.update({"model.pretrained": a.pretrained, "teacher.pretrained": a.pretrained})

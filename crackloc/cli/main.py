@@ -14,15 +14,23 @@ import warnings
 import crackloc.cli.experiment  # noqa: F401  (registers experiment, report)
 import crackloc.cli.predict  # noqa: F401  (registers predict, demo, evaluate-localization, export)
 import crackloc.cli.train  # noqa: F401  (registers split, train, evaluate)
-from crackloc.cli.registry import COMMANDS
+from crackloc.cli.registry import COMMANDS, OneLineParser, check_numeric_options
 from crackloc.errors import CracklocError
 
 ORDER = ("split", "train", "evaluate", "predict", "demo", "evaluate-localization", "export", "experiment",
          "report")  # as listed by `crackloc --help`
 
+ON_INTERRUPT = {  # what the one line after Ctrl-C tells the user to do
+    "train": "continue the run with the same command plus --resume",
+    "experiment": "rerun the same command to continue (finished runs are kept)",
+    "predict": "rerun the same command with --resume to finish",
+    "": "nothing half-written was left (outputs are written atomically); rerun the command",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per registered command."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="crackloc",
         description="Weakly supervised concrete crack localization: a crack probability and a pixel "
                     "heatmap from a model trained with image-level labels only.",
@@ -30,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in sorted(COMMANDS, key=lambda n: ORDER.index(n) if n in ORDER else len(ORDER)):
         fn = COMMANDS[name]
-        fn(sub.add_parser(name, help=fn.help_text, description=fn.help_text))
+        sub_parser = sub.add_parser(name, help=fn.help_text, description=fn.help_text)
+        fn(sub_parser)
+        check_numeric_options(sub_parser)
     return parser
 
 
@@ -50,5 +60,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"crackloc {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"crackloc {args.command}: interrupted (a training run continues with --resume)", file=sys.stderr)
+        print(f"crackloc {args.command}: interrupted; {ON_INTERRUPT.get(args.command, ON_INTERRUPT[''])}",
+              file=sys.stderr)
         return 130

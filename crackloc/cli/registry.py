@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import typing
 from collections.abc import Callable
 from typing import Any
 
-from crackloc.config import InferenceConfig, check_value, choices_of, from_dict
+from crackloc.config import RANGES, InferenceConfig, check_value, choices_of, from_dict
 
 COMMANDS: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
 
@@ -51,7 +52,31 @@ def checked(key: str, option: str, kind: type = float) -> Callable[[str], Any]:
         except CracklocError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
     parse.__name__ = kind.__name__  # argparse names the type in its messages
+    parse.checked = True  # type: ignore[attr-defined]
     return parse
+
+
+def check_numeric_options(parser: argparse.ArgumentParser) -> None:
+    """Give every numeric option of `parser` the range check of its field (`crackloc.config.RANGES`).
+
+    An option added with plain `type=int` / `type=float` is wrapped here, so no numeric option
+    can skip validation; one without a known range is a programming error (raises ValueError).
+    """
+    for action in parser._actions:
+        kind = action.type
+        if getattr(kind, "checked", False) or kind not in (int, float):
+            continue
+        key = action.dest.rsplit(".", 1)[-1]
+        if key not in RANGES:
+            raise ValueError(f"option {action.option_strings} has no range in crackloc.config.RANGES")
+        action.type = checked(key, action.option_strings[0] if action.option_strings else key, kind)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: `crackloc CMD: error: ... (see crackloc CMD --help)`."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 INFERENCE_HELP: dict[str, str] = {

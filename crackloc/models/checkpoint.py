@@ -6,6 +6,7 @@ Lightning's own `.ckpt` files (used only to resume training) are never loaded fo
 from __future__ import annotations
 
 import dataclasses
+import math
 import pickle
 import re
 from pathlib import Path
@@ -40,13 +41,15 @@ def read_model_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CracklocError(f"{path}: no such checkpoint")
+    _sniff(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL (\S+)", str(exc))
-        what = f" ({found.group(1)})" if found else ""
+        if not found:
+            raise CracklocError(f"{path}: not a readable checkpoint, damaged or not a torch file") from None
         raise CracklocError(f"{path}: refused: the file holds objects other than tensors and plain "
-                            f"data{what}, which could run code when loaded") from None
+                            f"data ({found.group(1)}), which could run code when loaded") from None
     except Exception as exc:  # zip/EOF/format errors
         raise CracklocError(f"{path}: not a readable checkpoint, truncated or not a torch file "
                             f"({type(exc).__name__})") from None
@@ -59,13 +62,57 @@ def read_model_file(path: str | Path) -> dict:
     return payload
 
 
+TORCH_MAGIC = (b"PK\x03\x04", b"\x80")  # a torch zip archive, or a legacy pickle stream
+
+
+def _sniff(path: Path) -> None:
+    """Name what a file is when it is plainly not a torch file (ONNX, text, empty) before unpickling."""
+    with path.open("rb") as f:
+        head = f.read(512)
+    if not head:
+        raise CracklocError(f"{path}: empty file, not a crackloc model file")
+    if head.startswith(TORCH_MAGIC):
+        return
+    if _is_onnx(path):
+        raise CracklocError(f"{path}: an ONNX model, not a crackloc model file: --checkpoint takes the .pt file "
+                            "(`crackloc export` makes ONNX from it; `--backend onnx` runs it)")
+    try:
+        head.decode("utf-8")
+        kind = "a text file"
+    except UnicodeDecodeError:
+        kind = "an unknown binary format"
+    raise CracklocError(f"{path}: {kind}, not a crackloc model file (expected a .pt file made by "
+                        "`crackloc train`)")
+
+
+def _is_onnx(path: Path) -> bool:
+    """True when the file parses as an ONNX model with a graph (protobuf)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not protobuf, or not a ModelProto
+        return False
+    return model.ir_version > 0 and len(model.graph.node) > 0
+
+
 def _check_payload(path: Path, payload: dict) -> None:
-    """The parts `load_model` reads must have the right types (a crafted file may lie)."""
+    """The parts `load_model` reads must have the right types and finite values (a crafted file may lie)."""
     sd, cfg, meta = payload.get("state_dict"), payload.get("config"), payload.get("meta", {})
     if not isinstance(cfg, dict) or not isinstance(meta, dict):
         raise CracklocError(f"{path}: damaged model file (config/meta are not mappings)")
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                           for k, v in sd.items()):
         raise CracklocError(f"{path}: damaged model file (state_dict is not a mapping of tensors)")
+    threshold = meta.get("val_threshold", 0.5)
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not math.isfinite(threshold) \
+            or not 0.0 <= threshold <= 1.0:
+        raise CracklocError(f"{path}: damaged model file (meta.val_threshold must be a number in [0, 1], "
+                            f"got {threshold!r})")
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CracklocError(f"{path}: damaged model file ({len(bad)} weight tensors hold NaN or infinite "
+                            f"values, e.g. {bad[0]})")
 
 
 def load_model(path: str | Path, *, device: str | torch.device = "cpu",
