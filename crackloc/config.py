@@ -49,6 +49,7 @@ class ModelConfig:
     # Train with the L1 term against pseudo masks; None = the registered model's own default
     # (True for crackloc and psol, False for the CAM baselines). The ablation rows keep True.
     uses_pseudo_masks: bool | None = None
+    crack_width: float = 5.0  # expected crack width, px at the model's input (training-free filters' sizes)
 
 
 @dataclass
@@ -132,13 +133,13 @@ RANGES: dict[str, tuple[float, float]] = {
     # command-line options that are not config fields (same checks, `crackloc.cli.registry.checked`)
     "loc_scale": (0.01, 64), "max_distance": (0, 16), "mm_per_px": (1e-6, 1e4), "max_pixels": (1, 10**10),
     "dev_fraction": (0.01, 0.99), "tolerance": (0, 32), "max_images": (2, 10**7), "opset": (1, 100),
-    "images": (1, 64),
+    "images": (1, 64), "crack_width": (0.5, 200),
 }
 UNITS: dict[str, str] = {"tile": "px", "scale": "x", "loc_scale": "x", "overlap": "of a window",
                          "ahr_percentile": "%", "pseudo_percentile": "%", "image_size": "px", "tolerance": "px",
                          "mm_per_px": "mm per px", "max_pixels": "pixels", "max_distance": "bits of the 64-bit hash",
                          "dev_fraction": "of the images", "max_images": "images", "images": "images",
-                         "epochs": "epochs", "teacher_epochs": "epochs", "batch_size": "images"}
+                         "epochs": "epochs", "teacher_epochs": "epochs", "batch_size": "images", "crack_width": "px"}
 
 # The presets, defined once. `quick` fits a 2-core CPU; `tiny` is for tests and the demo.
 PRESETS: dict[str, dict[str, Any]] = {
