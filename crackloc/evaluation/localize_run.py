@@ -27,6 +27,7 @@ from crackloc.evaluation.localization import (
     dev_test_scores,
     pick_threshold,
 )
+from crackloc.evaluation.widths import WidthErrorEvaluator
 from crackloc.inference.predictor import Predictor
 from crackloc.io import save_figure, write_json
 
@@ -47,6 +48,27 @@ def partition_stems(stems: list[str], *, dev_fraction: float, seed: int,
         raise CracklocError(f"need at least 2 images for a dev/test split, got {len(chosen)}")
     n_dev = min(max(1, round(dev_fraction * len(chosen))), len(chosen) - 1)
     return sorted(chosen[:n_dev]), sorted(chosen[n_dev:])
+
+
+SETTINGS_DEV_FRACTION, SETTINGS_SEED = 0.25, 0  # the fixed dev partition every setting is chosen on
+
+
+def fixed_partition(stems: list[str], *, max_images: int | None = None) -> tuple[list[str], list[str]]:
+    """The fixed (dev, test) partition of a mask set: dev chooses every setting, test is only scored.
+
+    It is `partition_stems(stems, dev_fraction=0.25, seed=0)`, the partition
+    `evaluate-localization` uses by default; with `max_images`, a seeded subset of each part
+    (a quarter of them dev), so a small run never scores an image that chose a setting.
+    """
+    dev, test = partition_stems(stems, dev_fraction=SETTINGS_DEV_FRACTION, seed=SETTINGS_SEED)
+    if max_images is not None:
+        n_dev = min(len(dev), max(1, round(SETTINGS_DEV_FRACTION * max_images)))
+        pick = torch.Generator().manual_seed(SETTINGS_SEED + 1)
+        dev = sorted(dev[i] for i in torch.randperm(len(dev), generator=pick)[:n_dev].tolist())
+        test = sorted(test[i] for i in torch.randperm(len(test), generator=pick)[: max_images - n_dev].tolist())
+    if set(dev) & set(test):
+        raise CracklocError(f"dev and test images overlap: {sorted(set(dev) & set(test))[:5]}")
+    return dev, test
 
 
 def _small(x: torch.Tensor, *, binary: bool = False, side: int = OVERLAY_SIDE) -> torch.Tensor:
@@ -162,7 +184,9 @@ class _Scores:
     test: ThresholdEvaluator
     pxap_test: PxAPEvaluator
     pxap_all: PxAPEvaluator
+    widths: WidthErrorEvaluator | None = None
     failed: list[dict[str, str]] = field(default_factory=list)
+    scored_test: list[str] = field(default_factory=list)
     rows: list[tuple[str, list[torch.Tensor]]] = field(default_factory=list)
 
 
@@ -179,9 +203,11 @@ def _score_all(predictor: Predictor, ds: MaskDataset, dev_stems: list[str], test
             raise CracklocError(f"{ds.root}: no usable dev image with crack pixels to pick a "
                                 "threshold (see the failed images, or raise dev_fraction)")
         threshold = pick_threshold(sc.dev.compute())  # known before any test image is tiled
-        evaluators = [sc.test, sc.pxap_test, sc.pxap_all]
+        sc.widths = WidthErrorEvaluator(threshold=threshold)
+        evaluators = [sc.test, sc.pxap_test, sc.pxap_all, sc.widths]
         for stem, image, heatmap, mask in score_images(predictor, ds, test_stems, evaluators,
                                                        failed=sc.failed, bar=bar):
+            sc.scored_test.append(stem)
             if len(sc.rows) < n_overlays:
                 sc.rows.append((stem, _overlay_panels(image, heatmap, mask, threshold)))
     if int(sc.test.n_gt) == 0:
@@ -191,7 +217,8 @@ def _score_all(predictor: Predictor, ds: MaskDataset, dev_stems: list[str], test
 
 def evaluate_localization(predictor: Predictor, data_dir: str | Path, out_dir: str | Path, *,
                           dev_fraction: float = 0.25, seed: int = 0, tolerance: int = 2,
-                          max_images: int | None = None, exclude: set[str] | None = None,
+                          max_images: int | None = None,
+                          partition: tuple[list[str], list[str]] | None = None,
                           n_overlays: int = 6, progress: bool = True,
                           num_thresholds: int = DEFAULT_THRESHOLDS) -> dict[str, Any]:
     """Map every image of `data_dir` (images/ + masks/) with `predictor`, score, write the report.
@@ -208,7 +235,8 @@ def evaluate_localization(predictor: Predictor, data_dir: str | Path, out_dir: s
         seed: Seed of the dev/test partition (and of the `max_images` subset).
         tolerance: Matching tolerance in px for F1/IoU/ODS/OIS (0 = exact).
         max_images: Score a seeded random subset of this many images.
-        exclude: Stems never scored (e.g. images that chose settings elsewhere).
+        partition: Explicit (dev, test) stems (e.g. `fixed_partition`); overrides dev_fraction,
+            seed and max_images. The two must not overlap.
         n_overlays: Test images shown in overlays.png (0 = no figure).
         progress: Show a tqdm bar.
         num_thresholds: Threshold grid size of the evaluators.
@@ -218,23 +246,30 @@ def evaluate_localization(predictor: Predictor, data_dir: str | Path, out_dir: s
     """
     out_dir = Path(out_dir)
     ds = MaskDataset(data_dir)
-    stems = [s for s in ds.stems if s not in (exclude or set())]
-    dev_stems, test_stems = partition_stems(stems, dev_fraction=dev_fraction, seed=seed,
-                                            max_images=max_images)
+    if partition is None:
+        dev_stems, test_stems = partition_stems(ds.stems, dev_fraction=dev_fraction, seed=seed,
+                                                max_images=max_images)
+    else:
+        dev_stems, test_stems = sorted(partition[0]), sorted(partition[1])
+        unknown = sorted(set(dev_stems + test_stems) - set(ds.stems))
+        if set(dev_stems) & set(test_stems) or unknown or not dev_stems or not test_stems:
+            raise CracklocError(f"{data_dir}: bad dev/test partition (overlap, empty part, or unknown "
+                                f"images {unknown[:3]})")
     write_json(out_dir / "partition.json", {"seed": seed, "dev_fraction": dev_fraction,
                                             "max_images": max_images, "dev": dev_stems,
-                                            "test": test_stems, "excluded": sorted(exclude or [])})
+                                            "test": test_stems, "explicit": partition is not None})
     sc = _score_all(predictor, ds, dev_stems, test_stems, tolerance=tolerance,
                     num_thresholds=num_thresholds, n_overlays=n_overlays, progress=progress)
     inference = dataclasses.asdict(predictor.cfg)
     metrics = {"pxap": sc.pxap_test.compute(), **dev_test_scores(sc.dev, sc.test),
-               "pxap_all": sc.pxap_all.compute(), "n_images": sc.dev.n_images + sc.test.n_images,
+               "pxap_all": sc.pxap_all.compute(), **sc.widths.compute(),
+               "n_images": sc.dev.n_images + sc.test.n_images,
                "n_dev": sc.dev.n_images, "n_test": sc.test.n_images, "tolerance": tolerance,
                "num_thresholds": num_thresholds, "data_dir": str(data_dir),
                "checkpoint": str(predictor.checkpoint), "inference": inference,
                **{k: inference[k] for k in ("tile", "overlap", "scale", "gate", "batch_size")},
                "dev_fraction": dev_fraction, "seed": seed, "max_images": max_images,
-               "failed": sc.failed}
+               "scored_test": sc.scored_test, "failed": sc.failed}
     write_json(out_dir / "metrics.json", metrics)
     _plot_pr(out_dir / "pr_curve.png", sc.test.compute(), metrics["threshold"], metrics["pxap"])
     if sc.rows:

@@ -30,9 +30,10 @@ from crackloc.config import (
     preset,
 )
 from crackloc.data.manifest import ensure_manifest
+from crackloc.data.masks import MaskDataset
 from crackloc.errors import CracklocError
 from crackloc.evaluation.evaluate import evaluate_run
-from crackloc.evaluation.localize_run import evaluate_localization
+from crackloc.evaluation.localize_run import evaluate_localization, fixed_partition
 from crackloc.experiments.aggregate import write_results
 from crackloc.experiments.methods import ALL_METHODS, method_dir, method_model_config
 from crackloc.inference.predictor import Predictor
@@ -121,10 +122,19 @@ def localization_config(spec: ExperimentSpec, *, image_size: int | None) -> Infe
 
 
 def localize(run: Path, spec: ExperimentSpec, *, image_size: int, progress: bool) -> dict:
-    """Score RUN/model.pt's tiled heatmaps against human masks into RUN/localization/."""
+    """Score RUN/model.pt's tiled heatmaps against human masks into RUN/localization/.
+
+    The threshold is chosen on images of the fixed dev partition (the one that chose scale,
+    gate and AHR cut), and only images outside it are scored: asserted here.
+    """
+    dev, test = fixed_partition(MaskDataset(spec.masks).stems, max_images=spec.max_images)
     predictor = Predictor(run / "model.pt", localization_config(spec, image_size=image_size))
-    return evaluate_localization(predictor, spec.masks, run / "localization", max_images=spec.max_images,
-                                 n_overlays=4, progress=progress)
+    metrics = evaluate_localization(predictor, spec.masks, run / "localization", partition=(dev, test),
+                                    n_overlays=4, progress=progress)
+    settings_dev, _ = fixed_partition(MaskDataset(spec.masks).stems)
+    if set(metrics["scored_test"]) & set(settings_dev):
+        raise CracklocError(f"{run}: scored images that chose settings: {sorted(set(metrics['scored_test']) & set(settings_dev))}")
+    return metrics
 
 
 def run_one(spec: ExperimentSpec, method: str, seed: int, manifest: Path, *, progress: bool) -> str:
