@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from crackloc.cli.registry import checked, command, report_failures
-from crackloc.config import PRESETS, ModelConfig, TrainConfig, choices_of
+from crackloc.config import PRESETS, ModelConfig, RunConfig, TrainConfig, choices_of
 from crackloc.errors import CracklocError
 
 
@@ -27,7 +29,8 @@ def _split_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="folder with Positive/ and Negative/ sub-folders")
     p.add_argument("--positive-dir", help="folder of crack images (instead of --data)")
     p.add_argument("--negative-dir", help="folder of crack-free images (instead of --data)")
-    p.add_argument("--out", required=True, help="manifest CSV to write")
+    p.add_argument("--out", required=True, help="manifest CSV to write (refused if it exists, unless --force)")
+    p.add_argument("--force", action="store_true", help="overwrite --out (and its .stats.json) if it exists")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-distance", type=int, default=4,
                    help="perceptual-hash Hamming distance that counts as a near duplicate (default 4)")
@@ -36,11 +39,14 @@ def _split_parser(p: argparse.ArgumentParser) -> None:
 
 def _run_split(a: argparse.Namespace) -> int:
     from crackloc.data.folders import scan_labelled
-    from crackloc.data.split import check_manifest, make_manifest, write_manifest
+    from crackloc.data.split import check_manifest, check_split_parts, make_manifest, write_manifest
     from crackloc.io import write_json
 
+    if Path(a.out).exists() and not a.force:
+        raise CracklocError(f"{a.out} already exists: pass --force to overwrite it, or choose another --out")
     root, items = scan_labelled(a.data, positive_dir=a.positive_dir, negative_dir=a.negative_dir)
     rows, stats = make_manifest(root, items, seed=a.seed, max_distance=a.max_distance)
+    check_split_parts(rows, stats, where=a.out)
     stats["check"] = check_manifest(rows, max_distance=a.max_distance)
     out = write_manifest(a.out, rows, root=root)
     stats_path = write_json(Path(a.out).with_suffix(".stats.json"), stats)
@@ -56,9 +62,9 @@ def _run_split(a: argparse.Namespace) -> int:
 def _train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="folder with Positive/ and Negative/ (a split is made unless --manifest)")
     p.add_argument("--manifest", help="split manifest from `crackloc split` (reused as is)")
-    p.add_argument("--preset", default="quick", choices=list(PRESETS),
-                   help="quick: ~15 min on 2 CPU cores; paper: as published; tiny: smoke tests")
-    p.add_argument("--config", help="YAML RunConfig to start from instead of a preset")
+    p.add_argument("--preset", choices=list(PRESETS),
+                   help="quick (default): ~15 min on 2 CPU cores; paper: as published; tiny: smoke tests")
+    p.add_argument("--config", help="YAML RunConfig to start from instead of a preset (not with --preset)")
     p.add_argument("--out", required=True, help="run folder to create (RUN)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--seed", dest="train.seed", type=checked("seed", "--seed", int))
@@ -85,18 +91,68 @@ def _overrides(a: argparse.Namespace) -> dict:
     return over
 
 
-def _run_train(a: argparse.Namespace) -> int:
+def _refuse_empty_config(path: str) -> None:
+    """An empty (or comments-only) config file would silently mean the 30-epoch paper defaults."""
+    import yaml
+
+    file = Path(path)
+    try:
+        empty = file.is_file() and yaml.safe_load(file.read_text(encoding="utf-8")) is None
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return  # load_config names the problem
+    if empty:
+        raise CracklocError(f"{file}: empty config file; give a RunConfig YAML (e.g. a run's config.yaml), "
+                            "or --preset instead of --config")
+
+
+def _requested(a: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
+    """The config the flags ask for, and the dotted keys the flags set explicitly (not None)."""
     from crackloc.config import apply_overrides, load_config, preset
+
+    if a.config and a.preset:
+        raise CracklocError("give --config or --preset, not both (a config file holds every setting)")
+    if a.config:
+        _refuse_empty_config(a.config)
+    cfg = load_config(a.config) if a.config else preset(a.preset or "quick")
+    over = _overrides(a)
+    over.update({"data.data": a.data and str(Path(a.data).resolve()),
+                 "data.manifest": a.manifest and str(Path(a.manifest).resolve())})
+    return apply_overrides(cfg, over), {k: v for k, v in over.items() if v is not None}
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+
+
+def _refuse_changed_flags(a: argparse.Namespace, cfg: RunConfig, given: dict[str, Any]) -> None:
+    """--resume continues the saved config.yaml: refuse flags (or a --preset/--config) that differ from it."""
+    from crackloc.config import load_config
+
+    saved_path = Path(a.out) / "config.yaml"
+    if not saved_path.is_file():
+        return  # train_run says there is nothing to resume
+    saved, wanted = _flat(asdict(load_config(saved_path))), _flat(asdict(cfg))
+    keys = list(wanted) if (a.config or a.preset) else list(given)
+    keys = [k for k in keys if k in given or k not in ("data.data", "data.manifest")]
+    diff = [f"{k}: saved {saved[k]}, given {wanted[k]}" for k in keys if saved.get(k) != wanted[k]]
+    if diff:
+        raise CracklocError(f"{a.out}: --resume continues the run as saved in its config.yaml, but the flags "
+                            f"differ from it ({'; '.join(diff)}); drop those flags to resume, or choose a new "
+                            "--out to train with them")
+
+
+def _run_train(a: argparse.Namespace) -> int:
     from crackloc.evaluation.evaluate import evaluate_run
     from crackloc.training.run import train_run
 
     if not a.resume and not (a.data or a.manifest or a.config):
         raise CracklocError("give --data DIR or --manifest CSV")
-    cfg = load_config(a.config) if a.config else preset(a.preset)
-    over = _overrides(a)
-    over.update({"data.data": a.data and str(Path(a.data).resolve()),
-                 "data.manifest": a.manifest and str(Path(a.manifest).resolve())})
-    cfg = apply_overrides(cfg, over)
+    cfg, given = _requested(a)
+    if a.resume:
+        _refuse_changed_flags(a, cfg, given)
     model_path = train_run(cfg, a.out, resume=a.resume)
     print(f"model: {model_path}")
     failed = [tuple(f) for f in json.loads((Path(a.out) / "train_summary.json").read_text())["failed_images"]]

@@ -47,10 +47,22 @@ def scan_labelled(data: str | Path | None = None, *, positive_dir: str | Path | 
         if pos is None or neg is None:
             raise CracklocError(f"{root}: expected sub-folders Positive/ and Negative/ "
                                 "(or use --positive-dir/--negative-dir)")
+    _refuse_overlap(pos.resolve(), neg.resolve())
     items = [LabelledImage(p, 1) for p in list_images(pos)] + [LabelledImage(p, 0) for p in list_images(neg)]
     if not any(i.label == 1 for i in items) or not any(i.label == 0 for i in items):
         raise CracklocError(f"{root}: need images in both the crack and the no-crack folder")
     return root.resolve(), items
+
+
+def _refuse_overlap(pos: Path, neg: Path) -> None:
+    """Refuse a crack folder that is the crack-free folder, or lies inside it (or the other way round)."""
+    if pos == neg:
+        raise CracklocError(f"{pos}: the crack and the no-crack folder are the same folder; "
+                            "give two separate folders")
+    for inner, outer in ((pos, neg), (neg, pos)):
+        if inner.is_relative_to(outer):
+            raise CracklocError(f"{inner} lies inside {outer}: the crack and the no-crack folder must be "
+                                "separate, neither inside the other")
 
 
 def _common_parent(a: Path, b: Path) -> Path:

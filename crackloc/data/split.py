@@ -26,6 +26,10 @@ from crackloc.io import atomic_write, failure_reason, load_rgb
 
 SPLITS = ("train", "val", "test")
 FIELDS = ("path", "label", "split", "group", "sha256", "phash")
+# Distinct images (duplicate groups) of a class that a 70/15/15 split needs to give each part one.
+MIN_PER_CLASS = 5
+NEED_BOTH = (f"every part needs both classes: at least {MIN_PER_CLASS} crack and {MIN_PER_CLASS} crack-free "
+             "images that are not duplicates of each other")
 
 
 @dataclass
@@ -167,6 +171,7 @@ def make_manifest(root: Path, items: list[LabelledImage], *, seed: int = 0, max_
     Unreadable images are left out of the rows and listed in `stats["failed"]` (path, reason).
     """
     items, hashes, failed = hash_items(items, progress=progress)
+    refuse_cross_label_copies(items, [h[0] for h in hashes])
     for cls, name in ((1, "crack"), (0, "no-crack")):
         if not any(it.label == cls for it in items):
             example = f"; e.g. {failed[0][0]}: {failed[0][1]}" if failed else ""
@@ -178,11 +183,50 @@ def make_manifest(root: Path, items: list[LabelledImage], *, seed: int = 0, max_
     splits = assign_splits(labels, groups, fractions=fractions, seed=seed)
     rows = [Row(str(it.path.relative_to(root)), it.label, sp, g, s, p)
             for it, sp, g, s, p in zip(items, splits, groups, shas, phs, strict=True)]
-    stats["split_counts"] = {sp: {"positive": sum(r.label for r in rows if r.split == sp),
-                                  "negative": sum(1 - r.label for r in rows if r.split == sp)}
-                             for sp in SPLITS}
+    stats["split_counts"] = {sp: {"positive": pos, "negative": neg} for sp, (pos, neg) in part_counts(rows).items()}
     stats["failed"] = [{"path": path, "reason": why} for path, why in failed]
     return rows, stats
+
+
+def refuse_cross_label_copies(items: list[LabelledImage], shas: list[str]) -> None:
+    """Refuse byte-identical files filed under both labels, naming the first pair and the count."""
+    first: dict[tuple[str, int], Path] = {}
+    for it, sha in zip(items, shas, strict=True):
+        first.setdefault((sha, it.label), it.path)
+    both = [sha for (sha, label) in first if label == 1 and (sha, 0) in first]
+    if both:
+        pos, neg = first[(both[0], 1)], first[(both[0], 0)]
+        raise CracklocError(f"{pos} (crack) and {neg} (no-crack) are byte-identical: {len(both)} image(s) are "
+                            "filed under both labels; remove the wrong copy of each")
+
+
+def part_counts(rows: list[Row]) -> dict[str, tuple[int, int]]:
+    """(crack, crack-free) image counts of each split part."""
+    return {sp: (sum(1 for r in rows if r.split == sp and r.label == 1),
+                 sum(1 for r in rows if r.split == sp and r.label == 0)) for sp in SPLITS}
+
+
+def lacking_part(counts: dict[str, tuple[int, int]]) -> str | None:
+    """The first part that is empty or lacks a class, e.g. 'the val part has no crack image (...)'; None if none."""
+    summary = ", ".join(f"{sp} {pos}/{neg}" for sp, (pos, neg) in counts.items())
+    for sp, (pos, neg) in counts.items():
+        if pos == 0 or neg == 0:
+            what = "is empty" if pos + neg == 0 else f"has no {'crack' if pos == 0 else 'crack-free'} image"
+            return f"the {sp} part {what} ({summary} crack/crack-free images)"
+    return None
+
+
+def check_split_parts(rows: list[Row], stats: dict, *, where: str | Path) -> None:
+    """Refuse a new split with an empty part or a part lacking a class, saying why it happened."""
+    problem = lacking_part(part_counts(rows))
+    if problem is None:
+        return
+    per_class = [sum(1 for r in rows if r.label == cls) for cls in (0, 1)]
+    if min(per_class) < MIN_PER_CLASS:
+        raise CracklocError(f"{where} not written: {problem}; {NEED_BOTH}")
+    raise CracklocError(f"{where} not written: {problem}: near-duplicate grouping at --max-distance "
+                        f"{stats['phash_max_distance']} merged the {stats['images']} images into {stats['groups']} "
+                        "group(s); lower --max-distance (default 4)")
 
 
 def write_manifest(path: str | Path, rows: list[Row], *, root: Path) -> Path:
@@ -231,6 +275,10 @@ def check_manifest(rows: list[Row], *, max_distance: int = 4) -> dict:
             if seen.setdefault(k, r).split != r.split:
                 raise CracklocError(f"manifest leaks: {what} {seen[k].path} ({seen[k].split}) and "
                                     f"{r.path} ({r.split})")
+            if what == "identical file" and seen[k].label != r.label:
+                raise CracklocError(f"manifest labels identical files both ways: {seen[k].path} (label "
+                                    f"{seen[k].label}) and {r.path} (label {r.label}); make it again with "
+                                    "`crackloc split`")
     pairs = _hamming_pairs([r.phash for r in rows], max_distance)
     for i, j in pairs:
         if rows[i].split != rows[j].split:

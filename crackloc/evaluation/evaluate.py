@@ -5,8 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import torch
+
 from crackloc.config import RunConfig, load_config
-from crackloc.data.manifest import ensure_manifest, load_splits
+from crackloc.data.dataset import DecodedSplit
+from crackloc.data.manifest import load_splits, resolve_manifest
 from crackloc.errors import CracklocError
 from crackloc.evaluation.classification import classification_metrics, pseudo_mask_iou
 from crackloc.io import write_json, write_text
@@ -27,6 +30,16 @@ def markdown_table(metrics: dict) -> str:
         lines += ["", f"IoU vs the teacher's p95 pseudo masks (the paper's IoU; circular, positive test images): "
                       f"{iou['iou_vs_teacher_pseudo_mean']:.3f} ± {iou['iou_vs_teacher_pseudo_std']:.3f} (n={iou['n']})"]
     return "\n".join(lines) + "\n"
+
+
+def paper_iou(teacher_path: Path | None, test: DecodedSplit, heatmaps: torch.Tensor, *,
+              percentile: float) -> dict | None:
+    """The paper's (circular) IoU on the positive test images; None without a teacher or a positive image."""
+    pos = test.labels > 0.5
+    if teacher_path is None or not teacher_path.is_file() or not bool(pos.any()):
+        return None
+    cams = teacher_cams(load_model(teacher_path)[0], test.images[pos])
+    return pseudo_mask_iou(heatmaps[pos], cams, percentile=percentile)
 
 
 def evaluate_run(run: str | Path | None = None, *, checkpoint: str | Path | None = None,
@@ -50,8 +63,8 @@ def evaluate_run(run: str | Path | None = None, *, checkpoint: str | Path | None
     out = Path(out) if out else (Path(run) if run else checkpoint.parent)
     model, payload = load_model(checkpoint)
     # A run's manifest was checked for leaks by `train`; a manifest given here is checked now.
-    root, rows = ensure_manifest(cfg, out, progress=progress, check=not run or bool(manifest))
-    test = load_splits(cfg, root, rows, ("test",), progress=progress)["test"]
+    root, rows, _ = resolve_manifest(cfg, progress=progress, check=not run or bool(manifest))
+    test = load_splits(cfg, root, rows, ("test",), progress=progress)["test"]  # refuses a test part lacking a class
     t0 = time.time()
     probs, heatmaps = predict_batches(model, test.images, with_heatmaps=True, progress=progress, desc="testing")
     seconds = time.time() - t0
@@ -66,11 +79,9 @@ def evaluate_run(run: str | Path | None = None, *, checkpoint: str | Path | None
         "inference_images_per_s": round(len(test.labels) / max(seconds, 1e-9), 1),
         "failed_images": test.failed,
     }
-    teacher_path = (Path(run) / "teacher.pt") if run else None
-    if teacher_path and teacher_path.is_file():
-        pos = test.labels > 0.5
-        cams = teacher_cams(load_model(teacher_path)[0], test.images[pos])
-        metrics["pseudo_iou"] = pseudo_mask_iou(heatmaps[pos], cams, percentile=cfg.train.pseudo_percentile)
+    iou = paper_iou(Path(run) / "teacher.pt" if run else None, test, heatmaps, percentile=cfg.train.pseudo_percentile)
+    if iou is not None:
+        metrics["pseudo_iou"] = iou
     write_json(out / "metrics.json", metrics)
     write_text(out / "metrics.md", markdown_table(metrics))
     return metrics

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -62,6 +65,28 @@ def _resume_path(last: Path) -> str | None:
     return str(last)
 
 
+def fit_interruptibly(trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
+    """`trainer.fit`, but Ctrl-C raises KeyboardInterrupt (→ exit code 130) instead of finishing quietly.
+
+    Lightning catches the interrupt inside `fit`, marks the trainer interrupted, ignores SIGINT
+    from then on and calls `sys.exit(1)`: the exit is turned back into an interrupt here (also
+    when a Lightning version returns normally instead) and the SIGINT handler is restored.
+    """
+    main_thread = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGINT) if main_thread else None
+    try:
+        trainer.fit(*args, **kwargs)
+    except SystemExit:
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
+    if trainer.interrupted:
+        raise KeyboardInterrupt
+
+
 def fit_model(model_cfg: ModelConfig, train_cfg: TrainConfig, train: DecodedSplit, val: DecodedSplit, *,
               ckpt_dir: Path, csv_path: Path, epochs: int, pseudo: torch.Tensor | None = None,
               model: torch.nn.Module | None = None, progress: bool = True) -> torch.nn.Module:
@@ -82,7 +107,7 @@ def fit_model(model_cfg: ModelConfig, train_cfg: TrainConfig, train: DecodedSpli
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
-        trainer.fit(module, train_dl, val_dl, ckpt_path=_resume_path(last))
+        fit_interruptibly(trainer, module, train_dl, val_dl, ckpt_path=_resume_path(last))
     best = ckpt_dir / "best.ckpt"
     if best.is_file():
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]

@@ -19,6 +19,9 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -26,7 +29,13 @@ import torch
 
 from crackloc.config import RunConfig, load_config, save_config
 from crackloc.data.dataset import DecodedSplit
-from crackloc.data.manifest import ensure_manifest, load_splits, split_failures
+from crackloc.data.manifest import (
+    check_parts,
+    load_splits,
+    resolve_manifest,
+    split_failures,
+    write_split,
+)
 from crackloc.errors import CracklocError
 from crackloc.io import save_torch, write_json
 from crackloc.models.checkpoint import load_model, save_model
@@ -64,25 +73,83 @@ def link_file(src: Path, dst: Path) -> Path:
 
 
 def prepare_run(cfg: RunConfig, out: Path, *, resume: bool) -> RunConfig:
-    """Create RUN (or reopen it with --resume, keeping its saved config)."""
+    """Check that RUN can be created (or reopened with --resume, keeping its saved config); writes nothing."""
     saved = out / "config.yaml"
+    if out.exists() and not out.is_dir():
+        raise CracklocError(f"{out}: not a folder; choose another --out")
     if saved.is_file() and not resume:
         raise CracklocError(f"{out} already holds a run: pass --resume to continue it, or choose a new --out")
     if resume and saved.is_file():
         return load_config(saved)
     if resume:
         raise CracklocError(f"{out}: nothing to resume (no config.yaml)")
-    out.mkdir(parents=True, exist_ok=True)
     return cfg
 
 
-def train_teacher(cfg: RunConfig, out: Path, splits: dict[str, DecodedSplit], *, progress: bool) -> torch.nn.Module:
-    """Train (or reload) the CAM teacher on the training split."""
+@contextmanager
+def undo_on_refusal(out: Path, *, enabled: bool) -> Iterator[None]:
+    """Create `out`; if a refusal (CracklocError) escapes, remove what this call created in it.
+
+    Only entries that were not in `out` before are removed, and the folders created for it
+    (if left empty); an interrupt or an OS error keeps everything, for --resume.
+    """
+    missing = [d for d in (out, *out.parents) if not d.exists()]
+    before = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except CracklocError:
+        if enabled:
+            for entry in [e for e in out.iterdir() if e.name not in before]:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+            for d in missing:  # deepest first
+                if d.is_dir() and not any(d.iterdir()):
+                    d.rmdir()
+        raise
+
+
+@dataclass
+class Built:
+    """A model built right after `seed_everything(seed)`, and the torch RNG state just after its build."""
+
+    model: torch.nn.Module
+    rng: torch.Tensor
+
+    def resume_rng(self, seed: int) -> torch.nn.Module:
+        """Re-seed as the pipeline does, then continue from the state the build left: → the model."""
+        L.seed_everything(seed, workers=True, verbose=False)
+        torch.set_rng_state(self.rng)
+        return self.model
+
+
+def build_models(cfg: RunConfig) -> tuple[Built, Built]:
+    """Build teacher and student once each, before any write (bad weights refuse here).
+
+    Each is built right after `seed_everything(seed)`, as the pipeline would build it, inside
+    `fork_rng` so the caller's random state is untouched; the pipeline later restores the state
+    each build left, so results equal building them in place, and nothing is built twice.
+    """
+    with torch.random.fork_rng(devices=[]):
+        L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+        teacher = build_model(cfg.teacher)
+        teacher_rng = torch.get_rng_state()
+        L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+        student = build_model(cfg.model)
+        return Built(teacher, teacher_rng), Built(student, torch.get_rng_state())
+
+
+def train_teacher(cfg: RunConfig, out: Path, splits: dict[str, DecodedSplit], *, progress: bool,
+                  model: torch.nn.Module | None = None) -> torch.nn.Module:
+    """Train (or reload) the CAM teacher on the training split (`model`: the teacher, built already)."""
     path = out / "teacher.pt"
     if path.is_file():
         return load_model(path)[0]
     teacher = fit_model(cfg.teacher, cfg.train, splits["train"], splits["val"], ckpt_dir=out / "checkpoints/teacher",
-                        csv_path=out / "teacher_epochs.csv", epochs=cfg.train.teacher_epochs, progress=progress)
+                        csv_path=out / "teacher_epochs.csv", epochs=cfg.train.teacher_epochs, model=model,
+                        progress=progress)
     save_model(path, teacher, cfg.teacher, role="teacher")
     return teacher
 
@@ -131,23 +198,34 @@ def train_run(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress
               teacher_dir: str | Path | None = None) -> Path:
     """Run the whole teacher → student pipeline; returns the path of the student's model file.
 
+    Every check that can refuse (run folder, data, manifest leaks, both classes in each split
+    part, readable images, model weights) runs before anything is written into `out`.
     `teacher_dir`: a folder shared by runs of the same seed and data, where the teacher is
     trained once (or found) and pseudo masks are cached; default: RUN itself.
     """
     out = Path(out)
     cfg = prepare_run(cfg, out, resume=resume)
     t0 = time.time()
-    root, rows = ensure_manifest(cfg, out, progress=progress)
-    save_config(cfg, out / "config.yaml")
-    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
+    root, rows, stats = resolve_manifest(cfg, progress=progress)
+    check_parts(cfg, rows)
     splits = load_splits(cfg, root, rows, ("train", "val"), progress=progress)
+    built = build_models(cfg)
+    with undo_on_refusal(out, enabled=not resume):
+        if stats is not None:
+            write_split(cfg, out, root, rows, stats)
+        save_config(cfg, out / "config.yaml")
+        return _train_pipeline(cfg, out, splits, built, t0=t0, teacher_dir=teacher_dir, progress=progress)
+
+
+def _train_pipeline(cfg: RunConfig, out: Path, splits: dict[str, DecodedSplit], built: tuple[Built, Built], *,
+                    t0: float, teacher_dir: str | Path | None, progress: bool) -> Path:
+    """Teacher, pseudo masks, student, validation threshold and model file of a prepared run."""
     shared = Path(teacher_dir) if teacher_dir is not None else out
     shared.mkdir(parents=True, exist_ok=True)
-    teacher = train_teacher(cfg, shared, splits, progress=progress)
+    teacher = train_teacher(cfg, shared, splits, progress=progress, model=built[0].resume_rng(cfg.train.seed))
     if shared != out:
         link_file(shared / "teacher.pt", out / "teacher.pt")
-    L.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    student = build_model(cfg.model)  # built once; the pseudo-mask pass below draws no random numbers
+    student = built[1].resume_rng(cfg.train.seed)  # the pseudo-mask pass below draws no random numbers
     source, grid = student_pseudo(cfg, student)
     pseudo = None
     if source is not None:
