@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from crackloc.cli.registry import (
@@ -34,19 +35,30 @@ def _predict_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--geometry", action="store_true", help="measure each crack (length, width, orientation)")
     p.add_argument("--mm-per-px", type=float, help="image scale, to report geometry in millimetres too")
     p.add_argument("--max-pixels", type=int, help="refuse images above this many pixels (default 100 MP)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the images already done in --out (record and PNGs on disk) and do the rest")
     add_inference_options(p)
     p.set_defaults(func=_run_predict)
 
 
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
 def _run_predict(a: argparse.Namespace) -> int:
-    from crackloc.inference.batch import predict_files
+    from crackloc.inference.batch import BatchInterrupted, predict_files
 
     if a.mm_per_px is not None and a.mm_per_px <= 0:
         raise CracklocError("--mm-per-px must be positive")
     if a.max_pixels is not None and a.max_pixels < 1:
         raise CracklocError("--max-pixels must be positive")
-    report = predict_files(_predictor(a), a.inputs, a.out, geometry=a.geometry or a.mm_per_px is not None,
-                           mm_per_px=a.mm_per_px, max_pixels=a.max_pixels)
+    try:
+        report = predict_files(_predictor(a), a.inputs, a.out, geometry=a.geometry or a.mm_per_px is not None,
+                               mm_per_px=a.mm_per_px, max_pixels=a.max_pixels, resume=a.resume, log=_stderr)
+    except BatchInterrupted as exc:
+        _stderr(f"crackloc predict: interrupted after {exc.done} of {exc.total} images; "
+                "rerun the same command with --resume to finish")
+        return 130
     return _summarize(report, Path(a.out))
 
 
@@ -58,9 +70,20 @@ def _demo_parser(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_run_demo)
 
 
-def _run_demo(a: argparse.Namespace) -> int:
-    import shutil
+def _move_aside(path: Path) -> Path:
+    """Rename `path` to a fresh `PATH.old-<YYYYmmdd-HHMMSS>[-N]` next to it: → the new path."""
+    import time
 
+    base = path.with_name(f"{path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    target, k = base, 1
+    while target.exists() or target.is_symlink():
+        k += 1
+        target = base.with_name(f"{base.name}-{k}")
+    path.rename(target)
+    return target
+
+
+def _run_demo(a: argparse.Namespace) -> int:
     from crackloc.config import preset
     from crackloc.evaluation.evaluate import evaluate_run
     from crackloc.inference.batch import predict_files
@@ -71,8 +94,8 @@ def _run_demo(a: argparse.Namespace) -> int:
     photo = ASSETS / "sample_photo.jpg"
     if not a.skip_train:
         run = out / "run"
-        if (run / "config.yaml").is_file():
-            shutil.rmtree(run)
+        if run.exists() or run.is_symlink():  # never delete: the folder may hold the user's own files
+            print(f"moved the earlier {run} aside to {_move_aside(run)}")
         cfg = preset("tiny", **{"data.data": str(ASSETS / "sample"), "model.pretrained": "none",
                                 "train.epochs": a.epochs})
         print("1/3 training the teacher and the proposed model on the 200 bundled patches (tiny preset)")
@@ -126,6 +149,7 @@ def _export_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="ONNX file to write")
     p.add_argument("--image-size", type=int, default=224, help="input side the graph is built for (default 224)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (≥ 18, default 18)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     p.set_defaults(func=_run_export)
 
 
@@ -136,6 +160,8 @@ def _run_export(a: argparse.Namespace) -> int:
     from crackloc.inference.predictor import default_checkpoint
     from crackloc.models.checkpoint import load_model
 
+    if not a.force and (Path(a.out).exists() or Path(a.out).is_symlink()):
+        raise CracklocError(f"{a.out} already exists: pass --force to overwrite it, or choose another --out")
     model, payload = load_model(a.checkpoint or default_checkpoint())
     meta = {"config": json.dumps(payload["config"]),
             "val_threshold": str(payload.get("meta", {}).get("val_threshold", 0.5))}

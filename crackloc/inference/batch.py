@@ -1,21 +1,32 @@
 """Predict a list of image files into an output folder: PNGs + one JSON line per image.
 
 Bad files never stop the run: each is reported with its reason, and the exit code tells.
+Each image's record is appended to `predictions.jsonl` (flushed and fsynced) only after all
+of its PNGs are completely written, so an interrupted or failed run keeps every finished
+image, and `resume=True` continues it. A write error (disk full) stops the run.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
-import time
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import torch
 from tqdm import tqdm
 
 from crackloc.errors import CracklocError
 from crackloc.inference.predictor import Predictor, colorize, heatmap_stats, overlay
 from crackloc.io import (
+    FILE_MODE,
     IMAGE_EXTENSIONS,
     atomic_write,
     failure_reason,
@@ -24,29 +35,117 @@ from crackloc.io import (
     save_png,
 )
 
-FLUSH_SECONDS = 10.0  # predictions.jsonl is rewritten at least this often during a run
+PNG_KINDS = ("heatmap", "overlay", "color")  # each image gets `<stem>_<kind>.png`
+SPACE_ERRNOS = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))  # disk full, quota reached
 
 
 @dataclass
 class BatchReport:
-    """What happened to each input."""
+    """What happened to each input (`records` includes those kept by a resume)."""
 
     records: list[dict] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    resumed: int = 0
 
 
-def expand_inputs(inputs: list[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files as given plus image files inside given folders (recursively); missing paths → failed."""
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `predict_files`: `done` of `total` images have their results on disk."""
+
+    def __init__(self, done: int, total: int) -> None:
+        super().__init__(f"interrupted after {done} of {total} images")
+        self.done, self.total = done, total
+
+
+class RecordWriter:
+    """Appends JSON records to a JSON-lines file, one durable line per call.
+
+    Each `append` writes one whole line, flushes and fsyncs it; a failed write (disk full) is
+    cut back off, so the file only ever ends in a torn line after a crash (`read_records`
+    skips it). Independent of any predictor: any engine that produces records can use it.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        self._lock = threading.Lock()
+
+    def append(self, record: dict) -> None:
+        """Write `record` as one line and make it durable (raises OSError, line not kept)."""
+        data = memoryview((json.dumps(record) + "\n").encode("utf-8"))
+        with self._lock:
+            if self._fd is None:
+                raise ValueError(f"{self.path}: record writer is closed")
+            start = os.lseek(self._fd, 0, os.SEEK_END)
+            try:
+                while data:
+                    data = data[os.write(self._fd, data):]
+                os.fsync(self._fd)
+            except BaseException:
+                with suppress(OSError):
+                    os.ftruncate(self._fd, start)
+                raise
+
+    def close(self) -> None:
+        """Close the file (idempotent)."""
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """The records of a JSON-lines file ([] if missing); a torn or malformed line is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_bytes().split(b"\n"):
+        with suppress(ValueError):
+            rec = json.loads(line)
+            if isinstance(rec, dict):
+                records.append(rec)
+    return records
+
+
+def write_records(path: str | Path, records: list[dict]) -> Path:
+    """Atomically (re)write a JSON-lines file."""
+    lines = "".join(json.dumps(r) + "\n" for r in records)
+    return atomic_write(path, lambda f: f.write(lines), binary=False)
+
+
+def expand_inputs(inputs: list[str | Path], *, exclude: str | Path | None = None
+                  ) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files as given plus image files inside given folders (recursively); missing paths → failed.
+
+    Files under `exclude` (the output folder, compared as resolved paths) are left out, so a
+    run never reads its own outputs back as inputs; a file given by name there is reported.
+    """
+    skip = Path(exclude).resolve() if exclude is not None else None
+
+    def excluded(q: Path) -> bool:
+        return skip is not None and q.resolve().is_relative_to(skip)
+
     files, failed = [], []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
-            if not found:
-                failed.append((str(p), "folder holds no images (jpg/png/bmp/tif)"))
-            files += found
+            kept = [q for q in found if not excluded(q)]
+            if not kept:
+                failed.append((str(p), f"all its images are in the output folder {exclude}" if found
+                               else "folder holds no images (jpg/png/bmp/tif)"))
+            files += kept
         elif p.is_file():
-            files.append(p)
+            if excluded(p):
+                failed.append((str(p), f"inside the output folder {exclude} (outputs are not read as inputs)"))
+            else:
+                files.append(p)
         else:
             failed.append((str(p), "no such file or folder"))
     return files, failed
@@ -69,16 +168,57 @@ def safe_stem(path: Path, used: set[str]) -> str:
     return name
 
 
-def _predict_one(predictor: Predictor, path: Path, out: Path, stem_used: set[str], *, geometry: bool,
-                 mm_per_px: float | None, load_kwargs: dict) -> dict:
-    """Predict one file and write its PNGs: → its JSON record (raises CracklocError for a bad file)."""
+def plan_outputs(files: list[Path]) -> dict[Path, str]:
+    """Each distinct input file (sorted) → its output stem, so a rerun gives the same names."""
+    plan: dict[Path, str] = {}
+    seen: set[Path] = set()
+    used: set[str] = set()
+    for path in sorted(files):
+        real = path.resolve()
+        if real not in seen:
+            seen.add(real)
+            plan[path] = safe_stem(path, used)
+    return plan
+
+
+def png_names(stem: str) -> dict[str, str]:
+    """Record key → file name of an image's PNGs."""
+    return {f"{kind}_png": f"{stem}_{kind}.png" for kind in PNG_KINDS}
+
+
+_MEMORY_WORDS = re.compile(r"out of memory|not enough memory|(tried|unable) to allocate|can(no|')t allocate", re.I)
+_ALLOCATION = re.compile(r"allocate\s+([\d.]+)\s*(bytes|[KMGT]i?B)?", re.I)  # torch CPU/CUDA/MPS, numpy
+_UNITS = {"bytes": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+          "kib": 2.0**10, "mib": 2.0**20, "gib": 2.0**30, "tib": 2.0**40}
+
+
+def model_failure(exc: BaseException, path: Path) -> CracklocError:
+    """The one-line error for a model that failed on `path`; out of memory gets the size and a fix."""
+    text = " ".join(str(exc).split())
+    if not (isinstance(exc, MemoryError) or _MEMORY_WORDS.search(text)):
+        return CracklocError(f"{path}: prediction failed ({type(exc).__name__}: {text[:200]})")
+    size, m = "", _ALLOCATION.search(text)
+    if m:
+        n = float(m[1]) * _UNITS[(m[2] or "bytes").lower()]
+        size = f" (it tried to allocate {n / 1e9:.1f} GB)" if n >= 1e8 else f" (it tried to allocate {n / 1e6:.1f} MB)"
+    return CracklocError(f"{path}: out of memory{size}: use a smaller --batch-size, or --scale 0.5, or "
+                         "refuse photos this large with a lower --max-pixels")
+
+
+def _predict_one(predictor: Predictor, path: Path, stem: str, *, geometry: bool, mm_per_px: float | None,
+                 load_kwargs: dict) -> tuple[dict, dict[str, np.ndarray]]:
+    """Predict one file: → (its JSON record, PNG file name → array); CracklocError for a bad file."""
     image = rgb_to_tensor(load_rgb(path, **load_kwargs))  # [3,H,W] uint8
     try:
-        pred = predictor.predict(image)
+        return _maps(predictor, path, image, stem, geometry=geometry, mm_per_px=mm_per_px)
     except (RuntimeError, MemoryError) as exc:
-        first = (str(exc).splitlines() or [""])[0][:120]
-        raise CracklocError(f"{path}: prediction failed ({type(exc).__name__}: {first})") from None
-    stem = safe_stem(path, stem_used)
+        raise model_failure(exc, path) from None
+
+
+def _maps(predictor: Predictor, path: Path, image: torch.Tensor, stem: str, *, geometry: bool,
+          mm_per_px: float | None) -> tuple[dict, dict[str, np.ndarray]]:
+    """The record and the PNG arrays of one decoded image (uint8 [3,H,W])."""
+    pred = predictor.predict(image)
     rec = {"path": str(path), "crack_probability": round(pred.probability, 5),
            "crack": pred.probability >= predictor.threshold, "decision_threshold": predictor.threshold,
            "width": int(image.shape[2]), "height": int(image.shape[1]), "n_tiles": pred.n_tiles,
@@ -90,44 +230,142 @@ def _predict_one(predictor: Predictor, path: Path, out: Path, stem_used: set[str
         geo = measure_cracks((pred.heatmap >= 0.5).numpy(), mm_per_px=mm_per_px)
         rec["geometry"] = geo.to_dict()
         over = draw_geometry(over, geo)
-    heat_u8 = (pred.heatmap.numpy() * 255).round().astype("uint8")
-    rec["heatmap_png"] = save_png(out / f"{stem}_heatmap.png", heat_u8).name
-    rec["overlay_png"] = save_png(out / f"{stem}_overlay.png", over).name
-    rec["color_png"] = save_png(out / f"{stem}_color.png", colorize(pred.heatmap)).name
-    return rec
+    names = png_names(stem)
+    rec.update(names)
+    arrays = {"heatmap_png": (pred.heatmap.numpy() * 255).round().astype("uint8"),
+              "overlay_png": over, "color_png": colorize(pred.heatmap)}
+    return rec, {names[key]: arrays[key] for key in names}
 
 
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    """Atomically (re)write a JSON-lines file."""
-    lines = "".join(json.dumps(r) + "\n" for r in records)
-    atomic_write(path, lambda f: f.write(lines), binary=False)
+@contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C until the block is done (main thread only), so a record is written whole or not at all."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught and previous != signal.SIG_IGN:
+            if callable(previous):
+                previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
+            else:
+                raise KeyboardInterrupt
+
+
+def _commit(out: Path, rec: dict, pngs: dict[str, np.ndarray], writer: RecordWriter, *,
+            done: Callable[[dict], None]) -> None:
+    """Write an image's PNGs (each atomically), then append its record and call `done(rec)`.
+
+    On any failure before the record is whole, the image's PNGs are removed; Ctrl-C during the
+    append waits until both the line and `done` are through.
+    """
+    committed = False
+    try:
+        for name, array in pngs.items():
+            save_png(out / name, array)
+        with _sigint_deferred():
+            writer.append(rec)
+            committed = True
+            done(rec)
+    except BaseException:
+        if not committed:
+            for name in pngs:
+                with suppress(OSError):
+                    (out / name).unlink(missing_ok=True)
+        raise
+
+
+def _resume_state(out: Path, plan: dict[Path, str], *, resume: bool,
+                  log: Callable[[str], None]) -> list[dict]:
+    """Records to keep (resume: those of planned inputs whose PNGs all exist); rewrites predictions.jsonl."""
+    path = out / "predictions.jsonl"
+    earlier = read_records(path)
+    kept: dict[str, dict] = {}
+    if resume:
+        wanted = {str(p): png_names(stem) for p, stem in plan.items()}
+        for rec in earlier:
+            names = wanted.get(rec["path"]) if isinstance(rec.get("path"), str) else None
+            if names and rec["path"] not in kept and all(
+                    rec.get(k) == v and (out / v).is_file() for k, v in names.items()):
+                kept[rec["path"]] = rec
+        log(f"resuming: {len(kept)} of {len(plan)} image(s) already done in {out}")
+    elif earlier:
+        log(f"replacing the {len(earlier)} earlier result(s) in {path} (--resume would keep them)")
+    write_records(path, list(kept.values()))
+    return list(kept.values())
+
+
+def _save_failed(out: Path, failed: list[tuple[str, str]]) -> None:
+    """Atomically write failed.jsonl (this invocation's failures), or remove a stale one."""
+    if failed:
+        write_records(out / "failed.jsonl", [{"path": p, "reason": e} for p, e in failed])
+    else:
+        (out / "failed.jsonl").unlink(missing_ok=True)
+
+
+def _write_error(exc: OSError, out: Path, path: Path, done: int, total: int) -> CracklocError:
+    """The one-line error that stops a run whose outputs cannot be written."""
+    what = ("no space left on device" if exc.errno in SPACE_ERRNOS
+            else " ".join(str(exc).split()) or type(exc).__name__)
+    fix = "free some space, then " if exc.errno in SPACE_ERRNOS else ""
+    return CracklocError(f"{out}: {what} while writing the maps of {path.name}; stopped after {done} of "
+                         f"{total} images, whose results are kept: {fix}rerun the same command with --resume to finish")
+
+
+def _predict_all(predictor: Predictor, todo: list[tuple[Path, str]], out: Path, report: BatchReport, *,
+                 total: int, progress: bool, **options) -> None:
+    """Predict and commit each (path, stem) of `todo`; bad files go to `report.failed`."""
+    with RecordWriter(out / "predictions.jsonl") as writer, \
+            tqdm(todo, desc="predicting", unit="img", disable=not progress, initial=report.resumed,
+                 total=total) as bar:
+        for path, stem in bar:
+            try:
+                rec, pngs = _predict_one(predictor, path, stem, **options)
+            except CracklocError as exc:
+                report.failed.append((str(path), failure_reason(exc, path)))
+                continue
+            try:
+                _commit(out, rec, pngs, writer, done=report.records.append)
+            except OSError as exc:
+                raise _write_error(exc, out, path, len(report.records), total) from None
 
 
 def predict_files(predictor: Predictor, inputs: list[str | Path], out: str | Path, *, geometry: bool = False,
-                  mm_per_px: float | None = None, max_pixels: int | None = None,
-                  progress: bool = True) -> BatchReport:
-    """Write `<stem>_heatmap.png`, `<stem>_overlay.png` and `predictions.jsonl` into `out`.
+                  mm_per_px: float | None = None, max_pixels: int | None = None, resume: bool = False,
+                  progress: bool = True, log: Callable[[str], None] | None = None) -> BatchReport:
+    """Write each image's `<stem>_{heatmap,overlay,color}.png` and its line of `predictions.jsonl` into `out`.
 
-    Bad inputs are skipped and listed in `failed.jsonl` (path, reason); `predictions.jsonl` is
-    rewritten atomically every `FLUSH_SECONDS`, so an interrupted run keeps what it finished.
+    Bad inputs are skipped and listed in `failed.jsonl` (path, reason). Without `resume`,
+    `predictions.jsonl` starts empty; with it, images already done are kept and skipped.
+    Outputs are named up front (sorted inputs), so a rerun gives each image the same names.
+
+    Raises:
+        BatchInterrupted: on Ctrl-C, after saving failed.jsonl; finished images are on disk.
+        CracklocError: when an output cannot be written (disk full): the run stops there.
     """
-    out = Path(out)
+    out, log = Path(out), log or (lambda message: None)
     out.mkdir(parents=True, exist_ok=True)
-    files, failed = expand_inputs(inputs)
-    report, used = BatchReport(failed=failed), set()
-    kwargs = {"max_pixels": max_pixels} if max_pixels else {}
-    (out / "failed.jsonl").unlink(missing_ok=True)  # a stale list from an earlier run would mislead
-    last_flush = time.monotonic()
-    for path in tqdm(files, desc="predicting", unit="img", disable=not progress):
-        try:
-            report.records.append(_predict_one(predictor, path, out, used, geometry=geometry,
-                                               mm_per_px=mm_per_px, load_kwargs=kwargs))
-        except CracklocError as exc:
-            report.failed.append((str(path), failure_reason(exc, path)))
-        if time.monotonic() - last_flush > FLUSH_SECONDS:
-            _write_jsonl(out / "predictions.jsonl", report.records)
-            last_flush = time.monotonic()
-    _write_jsonl(out / "predictions.jsonl", report.records)
-    if report.failed:
-        _write_jsonl(out / "failed.jsonl", [{"path": p, "reason": e} for p, e in report.failed])
+    files, failed = expand_inputs(inputs, exclude=out)
+    plan = plan_outputs(files)
+    report = BatchReport(records=_resume_state(out, plan, resume=resume, log=log), failed=failed)
+    report.resumed = len(report.records)
+    done = {r["path"] for r in report.records}
+    todo = [(p, stem) for p, stem in plan.items() if str(p) not in done]
+    load_kwargs = {"max_pixels": max_pixels} if max_pixels else {}
+    try:
+        _predict_all(predictor, todo, out, report, total=len(plan), progress=progress, geometry=geometry,
+                     mm_per_px=mm_per_px, load_kwargs=load_kwargs)
+    except KeyboardInterrupt:
+        with suppress(OSError):
+            _save_failed(out, report.failed)
+        raise BatchInterrupted(len(report.records), len(plan)) from None
+    except CracklocError:
+        with suppress(OSError):
+            _save_failed(out, report.failed)
+        raise
+    _save_failed(out, report.failed)
     return report
