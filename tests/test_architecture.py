@@ -26,7 +26,7 @@ TOP_FILES: dict[str, tuple[str, int]] = {
 FOLDERS: dict[str, tuple[str, int]] = {
     "data": ("data", 1), "models": ("models", 2), "training": ("training", 3),
     "inference": ("inference", 3), "evaluation": ("evaluation", 4),
-    "experiments": ("experiments", 5), "cli": ("cli", 6),
+    "experiments": ("experiments", 5), "viewer": ("viewer", 5), "cli": ("cli", 6),
 }
 SIDEWAYS = {frozenset({"training", "inference"})}  # same rank, but must not import each other
 

@@ -13,12 +13,13 @@ import warnings
 
 import crackloc.cli.experiment  # noqa: F401  (registers experiment, report)
 import crackloc.cli.predict  # noqa: F401  (registers predict, demo, evaluate-localization, export)
+import crackloc.cli.serve  # noqa: F401  (registers serve)
 import crackloc.cli.train  # noqa: F401  (registers split, train, evaluate)
 from crackloc.cli.registry import COMMANDS, OneLineParser, check_numeric_options
 from crackloc.errors import CracklocError
 
 ORDER = ("split", "train", "evaluate", "predict", "demo", "evaluate-localization", "export", "experiment",
-         "report")  # as listed by `crackloc --help`
+         "report", "serve")  # as listed by `crackloc --help`
 
 ON_INTERRUPT = {  # what the one line after Ctrl-C tells the user to do
     "train": "continue the run with the same command plus --resume",
