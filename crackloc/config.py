@@ -27,7 +27,9 @@ HeatmapNorm = Literal["max", "sigmoid"]
 NegativePseudo = Literal["zeros", "cam"]
 Precision = Literal["bf16", "32"]
 Backend = Literal["torch", "onnx"]
+Strategy = Literal["auto", "ddp", "ddp_spawn"]  # Lightning strategies a run may use (docs/scale.md)
 PresetName = Literal["paper", "quick", "tiny"]
+SelectBy = Literal["val_auroc", "val_loss", "last"]
 
 
 @dataclass
@@ -50,6 +52,7 @@ class ModelConfig:
     # (True for crackloc and psol, False for the CAM baselines). The ablation rows keep True.
     uses_pseudo_masks: bool | None = None
     crack_width: float = 5.0  # expected crack width, px at the model's input (training-free filters' sizes)
+    init_from: str = ""  # stage 2: the stage-1 model file (encoder and classifier init; pseudo-label regions)
 
 
 @dataclass
@@ -73,7 +76,11 @@ class TrainConfig:
     batch_size: int = 8
     lr: float = 1e-4
     weight_decay: float = 1e-5
-    patience: int = 5  # early stopping on validation AUROC
+    patience: int = 5  # early stopping on the selection metric
+    # Which epoch's weights are kept: best validation AUROC (the paper; it saturates at 1.0 on Özgenel
+    # after an epoch or two), lowest validation loss, or the last epoch (stage 2: pixel quality is not
+    # in the image-level validation metrics). Early stopping follows the same metric (none for last).
+    select_by: SelectBy = "val_auroc"
     lambda_l1: float = 0.5  # weight of L1(heatmap, teacher pseudo mask)
     pseudo_percentile: float = 95.0  # teacher CAM threshold for pseudo masks
     negative_pseudo: NegativePseudo = "zeros"  # pseudo masks of crack-free images
@@ -83,6 +90,10 @@ class TrainConfig:
     augment: bool = True  # random flips and 90° rotations
     num_workers: int = 0
     accelerator: str = "auto"
+    # Data-parallel training (docs/scale.md): batch_size is the global batch, split over devices x nodes
+    devices: int = 1  # processes (devices) per node
+    num_nodes: int = 1
+    strategy: Strategy = "auto"  # ddp: every process runs the pipeline; ddp_spawn: each fit spawns workers
 
 
 @dataclass
@@ -130,6 +141,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "image_size": (32, 4096), "se_reduction": (1, 512), "fused_channels": (1, 8192),
     "max_train": (1, 10**8), "max_val": (1, 10**8), "max_test": (1, 10**8), "seed": (0, 2**32 - 1),
     "num_workers": (0, 256), "tile": (32, 4096), "overlap": (0, 0.95), "scale": (0.01, 64),
+    "devices": (1, 1024), "num_nodes": (1, 10_000),
     # command-line options that are not config fields (same checks, `crackloc.cli.registry.checked`)
     "loc_scale": (0.01, 64), "max_distance": (0, 16), "mm_per_px": (1e-6, 1e4), "max_pixels": (1, 10**10),
     "dev_fraction": (0.01, 0.99), "tolerance": (0, 32), "max_images": (2, 10**7), "opset": (1, 100),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from crackloc.cli.registry import command
+from crackloc.cli.registry import checked, command
 from crackloc.config import EXPERIMENT_BUDGET, PRESETS
 from crackloc.errors import CracklocError
 
@@ -42,6 +42,9 @@ def _experiment_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="student epochs (overrides the preset)")
     p.add_argument("--teacher-epochs", type=int, help="teacher epochs (overrides the preset)")
     p.add_argument("--max-train", type=int, help="training images per run (overrides the preset)")
+    p.add_argument("--gpus-per-run", type=checked("devices", "--gpus-per-run", int),
+                   help="train each run data-parallel on this many GPUs (DDP, strategy ddp_spawn; the preset's batch "
+                        "size stays the global batch); runs still go one after another (docs/scale.md)")
     p.add_argument("--no-report", action="store_true", help="skip `crackloc report` at the end")
     p.set_defaults(func=_run_experiment)
 
@@ -62,7 +65,7 @@ def _run_experiment(a: argparse.Namespace) -> int:
         manifest=str(Path(a.manifest).resolve()) if a.manifest else "",
         masks=str(Path(a.masks).resolve()) if a.masks else "", max_images=a.max_images,
         loc_scale=a.loc_scale, loc_gate=a.loc_gate,
-        overrides={k: v for k, v in over.items() if v is not None})
+        overrides={k: v for k, v in over.items() if v is not None}, gpus_per_run=a.gpus_per_run or 0)
     if spec.masks and not Path(spec.masks).is_dir():
         raise CracklocError(f"{spec.masks}: no such folder")
     summary = run_experiment(spec)

@@ -22,27 +22,88 @@ def _predictor(a: argparse.Namespace):
     return Predictor(a.checkpoint, inference_config(a), cache_dir=a.cache_dir)
 
 
-def _summarize(report, out: Path) -> int:
+def _summarize(report, out: Path, *, summary: str | None = None) -> int:
     n_crack = sum(r["crack"] for r in report.records)
-    print(f"{len(report.records)} image(s) done ({n_crack} with a crack) → {out}/predictions.jsonl")
+    print(f"{len(report.records)} image(s) done ({n_crack} with a crack) → {out}/predictions.jsonl"
+          + (f", {out}/{summary}" if summary else ""))
     return report_failures(report.failed, noun="input", listed_in=f"{out}/failed.jsonl")
+
+
+def _bounded(kind: type, option: str, lo: float, hi: float):
+    """An argparse `type`: a number of `kind` in [lo, hi] (ranges of the engine options)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}: {text!r}") \
+                from None
+        if not lo <= value <= hi:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{option} must be in [{lo:g}, {hi:g}], got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    parse.checked = True  # type: ignore[attr-defined]  (range checked here: see check_numeric_options)
+    return parse
+
+
+RAY_OPTIONS = ("workers", "address", "cpus_per_worker", "gpus_per_worker")
 
 
 @command("predict", "crack probability, heatmap PNG, overlay PNG and a JSON line for each image")
 def _predict_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders")
+    p.add_argument("inputs", nargs="*", metavar="IMAGE_OR_DIR",
+                   help="image files and/or folders (with --engine ray also s3://, gs://… URIs of objects or prefixes)")
+    p.add_argument("--input-list", action="append", default=[], metavar="FILE",
+                   help="also predict the inputs listed in FILE: one path or URI per line (# comments), or a "
+                        "CSV's `path` column (else its first); may be repeated")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--geometry", action="store_true", help="measure each crack (length, width, orientation)")
     p.add_argument("--mm-per-px", type=float, help="image scale, to report geometry in millimetres too")
     p.add_argument("--max-pixels", type=int, help="refuse images above this many pixels (default 100 MP)")
     p.add_argument("--resume", action="store_true",
                    help="keep the images already done in --out (record and PNGs on disk) and do the rest")
+    g = p.add_argument_group("engine (--engine ray: a Ray Data actor pool, same outputs plus summary.parquet)")
+    g.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process (default); ray: a pool of Ray actors on this machine or a cluster")
+    g.add_argument("--workers", type=_bounded(int, "--workers", 1, 100_000),
+                   help="ray: actors in the pool, one model each (default: one per GPU of the cluster, else 1)")
+    g.add_argument("--address", help="ray: join this running cluster (`auto`: the one `ray start --head` or "
+                                     "KubeRay made); default: start a local Ray with this machine's cores")
+    g.add_argument("--cpus-per-worker", type=_bounded(float, "--cpus-per-worker", 0.01, 1024),
+                   help="ray: CPUs per actor, also its torch threads (default: 1 with GPUs, else the cores "
+                        "split evenly among the workers)")
+    g.add_argument("--gpus-per-worker", type=_bounded(float, "--gpus-per-worker", 0, 64),
+                   help="ray: GPUs per actor (default 1 when the cluster has GPUs, else 0; 0.5 shares one GPU "
+                        "between two actors)")
     add_inference_options(p)
     p.set_defaults(func=_run_predict)
 
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+def _inputs(a: argparse.Namespace) -> list[str]:
+    """The positional inputs, then those of each --input-list; refuses none, and URIs without Ray."""
+    from crackloc.inference.batch import read_input_list
+
+    inputs = list(a.inputs)
+    for path in a.input_list:
+        inputs += read_input_list(path)
+    if not inputs:
+        raise CracklocError("no inputs: give image files or folders, or --input-list FILE"
+                            + (" (the lists given are empty)" if a.input_list else ""))
+    if a.engine == "local":
+        from urllib.parse import unquote, urlparse
+
+        inputs = [unquote(urlparse(i).path) if i.lower().startswith("file://") else i for i in inputs]
+        uri = next((i for i in inputs if "://" in i), None)
+        if uri:
+            raise CracklocError(f"{uri}: object-store URIs are read by --engine ray (local files and folders "
+                                "by both engines)")
+        given = [f"--{k.replace('_', '-')}" for k in RAY_OPTIONS if getattr(a, k) is not None]
+        if given:
+            raise CracklocError(f"{given[0]} is an option of --engine ray")
+    return inputs
 
 
 def _run_predict(a: argparse.Namespace) -> int:
@@ -52,14 +113,25 @@ def _run_predict(a: argparse.Namespace) -> int:
         raise CracklocError("--mm-per-px must be positive")
     if a.max_pixels is not None and a.max_pixels < 1:
         raise CracklocError("--max-pixels must be positive")
+    inputs = _inputs(a)
+    options = {"geometry": a.geometry or a.mm_per_px is not None, "mm_per_px": a.mm_per_px,
+               "max_pixels": a.max_pixels, "resume": a.resume, "log": _stderr}
+    summary = None
     try:
-        report = predict_files(_predictor(a), a.inputs, a.out, geometry=a.geometry or a.mm_per_px is not None,
-                               mm_per_px=a.mm_per_px, max_pixels=a.max_pixels, resume=a.resume, log=_stderr)
+        if a.engine == "ray":  # Ray is imported only here
+            from crackloc.inference.ray_engine import SUMMARY, predict_files_ray
+
+            report = predict_files_ray(a.checkpoint, inference_config(a), inputs, a.out, workers=a.workers,
+                                       address=a.address, cpus_per_worker=a.cpus_per_worker,
+                                       gpus_per_worker=a.gpus_per_worker, cache_dir=a.cache_dir, **options)
+            summary = SUMMARY
+        else:
+            report = predict_files(_predictor(a), inputs, a.out, **options)
     except BatchInterrupted as exc:
         _stderr(f"crackloc predict: interrupted after {exc.done} of {exc.total} images; "
                 "rerun the same command with --resume to finish")
         return 130
-    return _summarize(report, Path(a.out))
+    return _summarize(report, Path(a.out), summary=summary)
 
 
 @command("demo", "the README's main job: train on the bundled sample, then map cracks in the sample photo")
@@ -127,18 +199,42 @@ def _evaluate_loc_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tolerance", type=int, default=2,
                    help="px distance at which a predicted crack pixel still counts (default 2; 0 = exact)")
     p.add_argument("--max-images", type=int, help="score a seeded subset of this many images")
+    p.add_argument("--model", dest="floor", metavar="NAME",
+                   help="score a training-free floor instead of a model file: darkness, blackhat, ridge or "
+                        "blackhat_ridge_shape (no --checkpoint)")
+    p.add_argument("--crack-width", type=float, default=5.0,
+                   help="expected crack width in px at the tiled scale, for --model floors (default 5)")
     add_inference_options(p)
     p.set_defaults(func=_run_evaluate_loc)
+
+
+def _loc_predictor(a: argparse.Namespace):
+    """The model file's predictor, or a training-free floor's (`--model`)."""
+    if not a.floor:
+        return _predictor(a)
+    from crackloc.config import ModelConfig
+    from crackloc.inference.predictor import Predictor
+    from crackloc.models.registry import build_model
+
+    if a.checkpoint:
+        raise CracklocError("give --checkpoint or --model, not both")
+    model = build_model(ModelConfig(name=a.floor, crack_width=a.crack_width, pretrained="none"))
+    if getattr(model, "trainable", True):
+        raise CracklocError(f"--model takes a training-free floor (darkness, blackhat, ridge, "
+                            f"blackhat_ridge_shape); {a.floor!r} needs a trained --checkpoint")
+    return Predictor.from_model(model, inference_config(a), name=f"floor:{a.floor}")
 
 
 def _run_evaluate_loc(a: argparse.Namespace) -> int:
     from crackloc.evaluation.localize_run import evaluate_localization
 
-    m = evaluate_localization(_predictor(a), a.data, a.out, dev_fraction=a.dev_fraction, seed=a.seed,
+    m = evaluate_localization(_loc_predictor(a), a.data, a.out, dev_fraction=a.dev_fraction, seed=a.seed,
                               tolerance=a.tolerance, max_images=a.max_images)
+    width = m.get("width_error_px_median")
     print(f"PxAP {m['pxap']:.4f}  F1 {m['f1']:.4f}  IoU {m['iou']:.4f}  (threshold {m['threshold']:.3f} "
           f"chosen on {m['n_dev']} dev images, scored on {m['n_test']}; ODS F1 {m['ods_f1']:.4f}, "
-          f"OIS F1 {m['ois_f1']:.4f}) → {a.out}/metrics.json")
+          f"OIS F1 {m['ois_f1']:.4f}; width error median "
+          f"{'—' if width is None else f'{width:.2f}'} px) → {a.out}/metrics.json")
     failed = [(f["path"], f["reason"].removeprefix(f"{f['path']}: ")) for f in m.get("failed", [])]
     return report_failures(failed, noun="image", listed_in=f"{a.out}/metrics.json")
 

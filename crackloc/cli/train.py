@@ -22,6 +22,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fusion", dest="model.fusion", choices=choices_of(ModelConfig, "fusion"))
     g.add_argument("--no-ahr", dest="model.ahr", action="store_const", const=False, help="disable AHR")
     g.add_argument("--heatmap-norm", dest="model.heatmap_norm", choices=choices_of(ModelConfig, "heatmap_norm"))
+    g.add_argument("--init-from", dest="model.init_from",
+                   help="stage 2 (--model crackseg): the stage-1 model file whose maps give the pseudo-label "
+                        "regions and whose backbone and classifier start the encoder")
 
 
 @command("split", "group duplicates and write a leak-free 70/15/15 split manifest (CSV)")
@@ -75,7 +78,20 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-train", dest="data.max_train", type=checked("max_train", "--max-train", int),
                    help="cap on training images")
     p.add_argument("--precision", dest="train.precision", choices=choices_of(TrainConfig, "precision"))
+    p.add_argument("--select-by", dest="train.select_by", choices=choices_of(TrainConfig, "select_by"),
+                   help="which epoch is kept: best val AUROC (paper; saturates at 1.0 on Özgenel), lowest "
+                        "val loss, or the last (stage 2)")
     p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation at the end")
+    g = p.add_argument_group("several devices (data-parallel DDP; docs/scale.md)")
+    g.add_argument("--devices", dest="train.devices", type=checked("devices", "--devices", int),
+                   help="devices (processes) per node (default 1); --batch-size is the global batch, split "
+                        "evenly over devices x nodes")
+    g.add_argument("--num-nodes", dest="train.num_nodes", type=checked("num_nodes", "--num-nodes", int),
+                   help="machines (default 1); start the same command on each (torchrun or SLURM srun)")
+    g.add_argument("--strategy", dest="train.strategy", choices=choices_of(TrainConfig, "strategy"),
+                   help="ddp: every process runs the whole command, rank 0 writes the run folder; "
+                        "ddp_spawn: each training stage spawns its workers; auto (default): one device "
+                        "trains alone, several use Lightning's choice (ddp)")
     _add_model_options(p)
     p.set_defaults(func=_run_train)
 
@@ -146,14 +162,20 @@ def _refuse_changed_flags(a: argparse.Namespace, cfg: RunConfig, given: dict[str
 
 def _run_train(a: argparse.Namespace) -> int:
     from crackloc.evaluation.evaluate import evaluate_run
-    from crackloc.training.run import train_run
+    from crackloc.training.fit import process_rank
+    from crackloc.training.run import RefusedOnRankZero, train_run
 
     if not a.resume and not (a.data or a.manifest or a.config):
         raise CracklocError("give --data DIR or --manifest CSV")
     cfg, given = _requested(a)
     if a.resume:
         _refuse_changed_flags(a, cfg, given)
-    model_path = train_run(cfg, a.out, resume=a.resume)
+    try:
+        model_path = train_run(cfg, a.out, resume=a.resume)
+    except RefusedOnRankZero:
+        return 0  # a DDP process other than rank 0: rank 0 prints the refusal and exits 2
+    if process_rank() != 0:
+        return 0  # DDP: rank 0 alone reports and evaluates
     print(f"model: {model_path}")
     failed = [tuple(f) for f in json.loads((Path(a.out) / "train_summary.json").read_text())["failed_images"]]
     if not a.no_eval:

@@ -9,6 +9,11 @@ EXP/
 
 A run whose metrics.json exists (and localization/metrics.json, with --masks) is skipped; a
 run with a config.yaml but no model.pt resumes from its Lightning checkpoints.
+
+Runs are trained one after another. `gpus_per_run` K > 0 trains each run data-parallel on K GPUs
+with strategy 'ddp_spawn': every training stage spawns its K workers from this process, so the
+shared teachers, localisation and evaluation stay here ('ddp' would re-run `crackloc experiment`
+in every process). A run already started keeps the devices saved in its config.yaml.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from crackloc.experiments.aggregate import write_results
 from crackloc.experiments.methods import ALL_METHODS, method_dir, method_model_config
 from crackloc.inference.predictor import Predictor
 from crackloc.io import write_json
+from crackloc.training.fit import per_device_batch
 from crackloc.training.run import train_run
 
 
@@ -56,6 +62,7 @@ class ExperimentSpec:
     loc_scale: float = 6.0  # photo upscaling before tiling (chosen on CrackForest dev images)
     loc_gate: bool = True  # gate each window's map by its crack probability
     overrides: dict[str, Any] = field(default_factory=dict)  # dotted RunConfig keys
+    gpus_per_run: int = 0  # > 0: each run trains with DDP on this many GPUs (ddp_spawn); 0: one device
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -78,9 +85,30 @@ def method_config(spec: ExperimentSpec, method: str, seed: int, manifest: Path) 
     """The RunConfig of one run: preset + experiment budget + overrides, the method's model, the seed."""
     cfg = preset(spec.preset, **EXPERIMENT_BUDGET.get(spec.preset, {}))
     cfg = apply_overrides(cfg, {**spec.overrides, "train.seed": seed, "data.manifest": str(manifest),
-                                "data.data": spec.data or None})
+                                "data.data": spec.data or None, **gpu_overrides(spec.gpus_per_run)})
     cfg.model = method_model_config(cfg.model, method)
     return cfg
+
+
+def gpu_overrides(gpus_per_run: int) -> dict[str, Any]:
+    """Config keys that train a run data-parallel on `gpus_per_run` GPUs (none for 0)."""
+    if not gpus_per_run:
+        return {}
+    return {"train.accelerator": "gpu", "train.devices": gpus_per_run, "train.strategy": "ddp_spawn"}
+
+
+def check_gpus(spec: ExperimentSpec) -> None:
+    """Refuse `gpus_per_run` beyond the CUDA GPUs this process can see, or one the batch does not split over."""
+    import torch
+
+    if not spec.gpus_per_run:
+        return
+    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if spec.gpus_per_run > available:
+        raise CracklocError(f"--gpus-per-run {spec.gpus_per_run}: this machine has {available} CUDA GPU(s) "
+                            "(CUDA_VISIBLE_DEVICES chooses which are seen)")
+    cfg = preset(spec.preset, **EXPERIMENT_BUDGET.get(spec.preset, {}))
+    per_device_batch(apply_overrides(cfg, {**spec.overrides, **gpu_overrides(spec.gpus_per_run)}).train)
 
 
 def ensure_split(spec: ExperimentSpec, *, progress: bool) -> Path:
@@ -110,7 +138,7 @@ def record_spec(spec: ExperimentSpec, manifest: Path) -> None:
               "loc_scale": spec.loc_scale, "loc_gate": spec.loc_gate,
               "methods": list(dict.fromkeys(saved.get("methods", []) + spec.methods)),
               "seeds": sorted(set(saved.get("seeds", [])) | set(spec.seeds)),
-              "experiment_preset": EXPERIMENT_BUDGET.get(spec.preset, {}),
+              "experiment_preset": EXPERIMENT_BUDGET.get(spec.preset, {}), "gpus_per_run": spec.gpus_per_run,
               "inference": dataclasses.asdict(localization_config(spec, image_size=None))}
     write_json(path, record)
 
@@ -162,6 +190,7 @@ def run_experiment(spec: ExperimentSpec, *, progress: bool = True,
     """
     if spec.preset not in PRESETS:
         raise CracklocError(f"unknown preset {spec.preset!r} (choose {', '.join(PRESETS)})")
+    check_gpus(spec)
     spec.out = Path(spec.out)
     spec.out.mkdir(parents=True, exist_ok=True)
     manifest = ensure_split(spec, progress=progress)

@@ -4,6 +4,10 @@ Bad files never stop the run: each is reported with its reason, and the exit cod
 Each image's record is appended to `predictions.jsonl` (flushed and fsynced) only after all
 of its PNGs are completely written, so an interrupted or failed run keeps every finished
 image, and `resume=True` continues it. A write error (disk full) stops the run.
+
+The pieces both engines share (input lists, output names, the resume rule, one image's
+prediction, atomic PNG writes, the record commit, failed.jsonl) are public here; the Ray engine
+(`crackloc.inference.ray_engine`) runs the same ones in its workers and its driver.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import os
 import re
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,6 +123,40 @@ def write_records(path: str | Path, records: list[dict]) -> Path:
     return atomic_write(path, lambda f: f.write(lines), binary=False)
 
 
+def read_input_list(path: str | Path) -> list[str]:
+    """The inputs named in a list file: one path or URI per line, or a CSV's `path` column.
+
+    A `.csv` file's column named `path` is used (else its first column; a first row that names
+    no existing file is taken as a header). Other files: one entry per line. Blank lines and lines
+    starting with `#` are skipped; entries are kept as written (relative paths are relative to
+    the current folder, as on the command line).
+    """
+    import csv
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise CracklocError(f"{path}: no such input list") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CracklocError(f"{path}: cannot read the input list ({type(exc).__name__})") from None
+    if path.suffix.lower() != ".csv":
+        lines = (ln.strip() for ln in text.splitlines())
+        return [ln for ln in lines if ln and not ln.startswith("#")]
+    rows = [r for r in csv.reader(text.splitlines()) if r and r[0].strip() and not r[0].lstrip().startswith("#")]
+    if not rows:
+        return []
+    head = [c.strip().lower() for c in rows[0]]
+    if "path" in head:
+        col, rows = head.index("path"), rows[1:]
+    else:
+        col = 0
+        first = rows[0][0].strip()
+        if "://" not in first and not Path(first).exists() and Path(first).suffix.lower() not in IMAGE_EXTENSIONS:
+            rows = rows[1:]  # a header that names its column otherwise
+    return [r[col].strip() for r in rows if len(r) > col and r[col].strip()]
+
+
 def expand_inputs(inputs: list[str | Path], *, exclude: str | Path | None = None
                   ) -> tuple[list[Path], list[tuple[str, str]]]:
     """Files as given plus image files inside given folders (recursively); missing paths → failed.
@@ -168,11 +206,15 @@ def safe_stem(path: Path, used: set[str]) -> str:
     return name
 
 
-def plan_outputs(files: list[Path]) -> dict[Path, str]:
-    """Each distinct input file (sorted) → its output stem, so a rerun gives the same names."""
+def plan_outputs(files: list[Path], *, used: set[str] | None = None) -> dict[Path, str]:
+    """Each distinct input file (sorted) → its output stem, so a rerun gives the same names.
+
+    `used` (casefolded stems already given out) is updated, so a second call can name more
+    inputs (the Ray engine's remote URIs) without colliding with these.
+    """
     plan: dict[Path, str] = {}
     seen: set[Path] = set()
-    used: set[str] = set()
+    used = set() if used is None else used
     for path in sorted(files):
         real = path.resolve()
         if real not in seen:
@@ -192,7 +234,7 @@ _UNITS = {"bytes": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
           "kib": 2.0**10, "mib": 2.0**20, "gib": 2.0**30, "tib": 2.0**40}
 
 
-def model_failure(exc: BaseException, path: Path) -> CracklocError:
+def model_failure(exc: BaseException, path: Path | str) -> CracklocError:
     """The one-line error for a model that failed on `path`; out of memory gets the size and a fix."""
     text = " ".join(str(exc).split())
     if not (isinstance(exc, MemoryError) or _MEMORY_WORDS.search(text)):
@@ -205,17 +247,27 @@ def model_failure(exc: BaseException, path: Path) -> CracklocError:
                          "refuse photos this large with a lower --max-pixels")
 
 
-def _predict_one(predictor: Predictor, path: Path, stem: str, *, geometry: bool, mm_per_px: float | None,
-                 load_kwargs: dict) -> tuple[dict, dict[str, np.ndarray]]:
-    """Predict one file: → (its JSON record, PNG file name → array); CracklocError for a bad file."""
-    image = rgb_to_tensor(load_rgb(path, **load_kwargs))  # [3,H,W] uint8
+def predict_one(predictor: Predictor, path: Path | str, stem: str, *, geometry: bool, mm_per_px: float | None,
+                load_kwargs: dict, source: Path | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+    """Predict one file: → (its JSON record, PNG file name → array); CracklocError for a bad file.
+
+    `path` names the input in the record and in errors; `source` is the local file decoded in its
+    place (a downloaded copy of a remote object), default `path` itself.
+    """
+    if source is None:
+        image = rgb_to_tensor(load_rgb(path, **load_kwargs))  # [3,H,W] uint8
+    else:
+        try:
+            image = rgb_to_tensor(load_rgb(source, **load_kwargs))
+        except CracklocError as exc:
+            raise CracklocError(str(exc).replace(str(source), str(path))) from None
     try:
         return _maps(predictor, path, image, stem, geometry=geometry, mm_per_px=mm_per_px)
     except (RuntimeError, MemoryError) as exc:
         raise model_failure(exc, path) from None
 
 
-def _maps(predictor: Predictor, path: Path, image: torch.Tensor, stem: str, *, geometry: bool,
+def _maps(predictor: Predictor, path: Path | str, image: torch.Tensor, stem: str, *, geometry: bool,
           mm_per_px: float | None) -> tuple[dict, dict[str, np.ndarray]]:
     """The record and the PNG arrays of one decoded image (uint8 [3,H,W])."""
     pred = predictor.predict(image)
@@ -256,6 +308,42 @@ def _sigint_deferred() -> Iterator[None]:
                 raise KeyboardInterrupt
 
 
+def _remove_pngs(out: Path, names: Iterable[str]) -> None:
+    """Remove these files of `out` (missing ones and errors ignored)."""
+    for name in names:
+        with suppress(OSError):
+            (out / name).unlink(missing_ok=True)
+
+
+def write_pngs(out: Path, pngs: dict[str, np.ndarray]) -> None:
+    """Write an image's PNGs into `out`, each atomically; on any failure none of them is left."""
+    try:
+        for name, array in pngs.items():
+            save_png(out / name, array)
+    except BaseException:
+        _remove_pngs(out, pngs)
+        raise
+
+
+def commit_record(out: Path, rec: dict, png_files: list[str], writer: RecordWriter, *,
+                  done: Callable[[dict], None]) -> None:
+    """Append the record of an image whose PNGs are on disk, then call `done(rec)`.
+
+    Ctrl-C during the append waits until both the line and `done` are through; if the append
+    fails, the image's PNGs are removed (no PNG without its record is left by this run).
+    """
+    committed = False
+    try:
+        with _sigint_deferred():
+            writer.append(rec)
+            committed = True
+            done(rec)
+    except BaseException:
+        if not committed:
+            _remove_pngs(out, png_files)
+        raise
+
+
 def _commit(out: Path, rec: dict, pngs: dict[str, np.ndarray], writer: RecordWriter, *,
             done: Callable[[dict], None]) -> None:
     """Write an image's PNGs (each atomically), then append its record and call `done(rec)`.
@@ -263,23 +351,11 @@ def _commit(out: Path, rec: dict, pngs: dict[str, np.ndarray], writer: RecordWri
     On any failure before the record is whole, the image's PNGs are removed; Ctrl-C during the
     append waits until both the line and `done` are through.
     """
-    committed = False
-    try:
-        for name, array in pngs.items():
-            save_png(out / name, array)
-        with _sigint_deferred():
-            writer.append(rec)
-            committed = True
-            done(rec)
-    except BaseException:
-        if not committed:
-            for name in pngs:
-                with suppress(OSError):
-                    (out / name).unlink(missing_ok=True)
-        raise
+    write_pngs(out, pngs)
+    commit_record(out, rec, list(pngs), writer, done=done)
 
 
-def _resume_state(out: Path, plan: dict[Path, str], *, resume: bool,
+def _resume_state(out: Path, plan: dict[Path | str, str], *, resume: bool,
                   log: Callable[[str], None]) -> list[dict]:
     """Records to keep (resume: those of planned inputs whose PNGs all exist); rewrites predictions.jsonl."""
     path = out / "predictions.jsonl"
@@ -299,7 +375,16 @@ def _resume_state(out: Path, plan: dict[Path, str], *, resume: bool,
     return list(kept.values())
 
 
-def _save_failed(out: Path, failed: list[tuple[str, str]]) -> None:
+def start_run(out: Path, plan: dict[Path | str, str], failed: list[tuple[str, str]], *, resume: bool,
+              log: Callable[[str], None]) -> tuple[BatchReport, list[tuple[Path | str, str]]]:
+    """Apply the resume rule to `out`: → (report holding the kept records, (input, stem) still to do)."""
+    report = BatchReport(records=_resume_state(out, plan, resume=resume, log=log), failed=failed)
+    report.resumed = len(report.records)
+    done = {r["path"] for r in report.records}
+    return report, [(p, stem) for p, stem in plan.items() if str(p) not in done]
+
+
+def save_failed(out: Path, failed: list[tuple[str, str]]) -> None:
     """Atomically write failed.jsonl (this invocation's failures), or remove a stale one."""
     if failed:
         write_records(out / "failed.jsonl", [{"path": p, "reason": e} for p, e in failed])
@@ -307,12 +392,13 @@ def _save_failed(out: Path, failed: list[tuple[str, str]]) -> None:
         (out / "failed.jsonl").unlink(missing_ok=True)
 
 
-def _write_error(exc: OSError, out: Path, path: Path, done: int, total: int) -> CracklocError:
+def write_error(exc: OSError, out: Path, path: Path | str, done: int, total: int) -> CracklocError:
     """The one-line error that stops a run whose outputs cannot be written."""
     what = ("no space left on device" if exc.errno in SPACE_ERRNOS
             else " ".join(str(exc).split()) or type(exc).__name__)
     fix = "free some space, then " if exc.errno in SPACE_ERRNOS else ""
-    return CracklocError(f"{out}: {what} while writing the maps of {path.name}; stopped after {done} of "
+    name = str(path).rstrip("/").rsplit("/", 1)[-1]
+    return CracklocError(f"{out}: {what} while writing the maps of {name}; stopped after {done} of "
                          f"{total} images, whose results are kept: {fix}rerun the same command with --resume to finish")
 
 
@@ -324,14 +410,14 @@ def _predict_all(predictor: Predictor, todo: list[tuple[Path, str]], out: Path, 
                  total=total) as bar:
         for path, stem in bar:
             try:
-                rec, pngs = _predict_one(predictor, path, stem, **options)
+                rec, pngs = predict_one(predictor, path, stem, **options)
             except CracklocError as exc:
                 report.failed.append((str(path), failure_reason(exc, path)))
                 continue
             try:
                 _commit(out, rec, pngs, writer, done=report.records.append)
             except OSError as exc:
-                raise _write_error(exc, out, path, len(report.records), total) from None
+                raise write_error(exc, out, path, len(report.records), total) from None
 
 
 def predict_files(predictor: Predictor, inputs: list[str | Path], out: str | Path, *, geometry: bool = False,
@@ -351,21 +437,18 @@ def predict_files(predictor: Predictor, inputs: list[str | Path], out: str | Pat
     out.mkdir(parents=True, exist_ok=True)
     files, failed = expand_inputs(inputs, exclude=out)
     plan = plan_outputs(files)
-    report = BatchReport(records=_resume_state(out, plan, resume=resume, log=log), failed=failed)
-    report.resumed = len(report.records)
-    done = {r["path"] for r in report.records}
-    todo = [(p, stem) for p, stem in plan.items() if str(p) not in done]
+    report, todo = start_run(out, plan, failed, resume=resume, log=log)
     load_kwargs = {"max_pixels": max_pixels} if max_pixels else {}
     try:
         _predict_all(predictor, todo, out, report, total=len(plan), progress=progress, geometry=geometry,
                      mm_per_px=mm_per_px, load_kwargs=load_kwargs)
     except KeyboardInterrupt:
         with suppress(OSError):
-            _save_failed(out, report.failed)
+            save_failed(out, report.failed)
         raise BatchInterrupted(len(report.records), len(plan)) from None
     except CracklocError:
         with suppress(OSError):
-            _save_failed(out, report.failed)
+            save_failed(out, report.failed)
         raise
-    _save_failed(out, report.failed)
+    save_failed(out, report.failed)
     return report

@@ -126,7 +126,7 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu",
     """
     payload = read_model_file(path)
     try:
-        saved = {**payload["config"], "pretrained": "none"}
+        saved = {**payload["config"], "pretrained": "none", "init_from": ""}  # the weights are in the file
         wanted = {k: v for k, v in (overrides or {}).items() if k != "ahr_percentile" or saved.get("ahr", True)}
         cfg = from_dict(ModelConfig, {**saved, **wanted})
         model = build_model(cfg)

@@ -51,11 +51,31 @@ def _odd(size: float) -> int:
     return max(3, int(round(size)) // 2 * 2 + 1)
 
 
+def _axis_max(x: torch.Tensor, size: int, dim: int) -> torch.Tensor:
+    """Centred running max of odd width `size` along `dim` of [B,1,H,W], edges replicated.
+
+    Sparse-table doubling: log2(size) whole-tensor maxima instead of `size` comparisons a pixel.
+    """
+    pad = size // 2
+    n = x.shape[dim]
+    first, last = x.narrow(dim, 0, 1), x.narrow(dim, n - 1, 1)
+    cur = torch.cat([first.expand_as(x.narrow(dim, 0, pad)) if pad else first[:0], x,
+                     last.expand_as(x.narrow(dim, 0, pad)) if pad else last[:0]], dim=dim)  # [.., n + 2·pad]
+    span = 1
+    while span * 2 <= size:  # cur[i] = max of the padded input over [i, i + span)
+        cur = torch.maximum(cur.narrow(dim, 0, cur.shape[dim] - span), cur.narrow(dim, span, cur.shape[dim] - span))
+        span *= 2
+    return torch.maximum(cur.narrow(dim, 0, n), cur.narrow(dim, size - span, n))
+
+
+def _square_max(g: torch.Tensor, size: int) -> torch.Tensor:
+    """Max over a size×size window (a row pass, then a column pass), edges replicated: [B,1,H,W]."""
+    return _axis_max(_axis_max(g, size, 2), size, 3)
+
+
 def grey_closing(g: torch.Tensor, size: int) -> torch.Tensor:
     """Flat square grey closing (dilation, then erosion) of [B,1,H,W], edges replicated."""
-    pad = size // 2
-    dilated = F.max_pool2d(F.pad(g, (pad,) * 4, mode="replicate"), size, stride=1)
-    return -F.max_pool2d(F.pad(-dilated, (pad,) * 4, mode="replicate"), size, stride=1)
+    return -_square_max(-_square_max(g, size), size)
 
 
 def blackhat_response(g: torch.Tensor, *, width: float) -> torch.Tensor:
@@ -130,7 +150,8 @@ class TrainingFreeMap(LocalizationModel):
         return 1.0 - grey(x.float())
 
     def forward_lowres(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        heat = self.heat(x).clamp(0.0, 1.0)  # [B,1,H,W]
+        with torch.autocast(x.device.type, enabled=False):  # filters run in fp32 whatever the caller's precision
+            heat = self.heat(x.float()).clamp(0.0, 1.0)  # [B,1,H,W]
         strongest = heat.flatten(1).amax(dim=1).clamp(1e-4, 1 - 1e-4)  # [B]
         return torch.logit(strongest), heat
 

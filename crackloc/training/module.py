@@ -9,16 +9,23 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAUROC
 
 from crackloc.config import ModelConfig, TrainConfig
 from crackloc.data.dataset import augment
 from crackloc.io import atomic_write
 from crackloc.tensors import to_input
+from crackloc.training.losses import is_dense, pixel_loss
 
 
 class LitLocalizer(L.LightningModule):
-    """Trains any registry model; the L1 term is used only by models that want pseudo masks."""
+    """Trains any registry model; the L1 term is used only by models that want pseudo masks.
+
+    Validation AUROC, loss and accuracy are torchmetrics states: under DDP `compute()` gathers
+    them from every process, so each rank logs the same whole-validation-set numbers (early
+    stopping and the best checkpoint agree across ranks).
+    """
 
     def __init__(self, model: torch.nn.Module, model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
         super().__init__()
@@ -27,22 +34,28 @@ class LitLocalizer(L.LightningModule):
         if train_cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.val_auroc = BinaryAUROC()
-        self._val_loss: list[torch.Tensor] = []
-        self._val_correct: list[torch.Tensor] = []
-        self._val_n: list[int] = []
+        self.val_loss = MeanMetric()  # per-image BCE, averaged over all validation images
+        self.val_acc = MeanMetric()  # per-image correctness at logit 0
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         images, labels, pseudo = batch  # [B,3,S,S] uint8, [B], [B,1,h,w] or [B,0]
         use_l1 = self.model.uses_pseudo_masks and pseudo.dim() == 4 and self.train_cfg.lambda_l1 > 0
         if self.train_cfg.augment:
             images, pseudo = augment(images, pseudo)
-        logits, low = self.model.forward_lowres(to_input(images, channels_last=self.train_cfg.channels_last))
-        bce = F.binary_cross_entropy_with_logits(logits.float(), labels)
-        loss = bce
-        if use_l1:
-            loss = loss + self.train_cfg.lambda_l1 * (low.float() - pseudo).abs().mean()
-        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(labels))
-        self.log("train_bce", bce, on_step=False, on_epoch=True, batch_size=len(labels))
+        x = to_input(images, channels_last=self.train_cfg.channels_last)
+        if use_l1 and is_dense(pseudo, images):  # stage 2: pixel labels with an ignore band
+            logits, map_logits = self.model.forward_dense(x)
+            bce = F.binary_cross_entropy_with_logits(logits.float(), labels)
+            loss = bce + self.train_cfg.lambda_l1 * pixel_loss(map_logits, pseudo)
+        else:
+            logits, low = self.model.forward_lowres(x)
+            bce = F.binary_cross_entropy_with_logits(logits.float(), labels)
+            loss = bce
+            if use_l1:
+                loss = loss + self.train_cfg.lambda_l1 * (low.float() - pseudo).abs().mean()
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(labels),
+                 sync_dist=True)  # the mean over every process's slice of the global batch
+        self.log("train_bce", bce, on_step=False, on_epoch=True, batch_size=len(labels), sync_dist=True)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
@@ -50,19 +63,15 @@ class LitLocalizer(L.LightningModule):
         logits, _ = self.model.forward_lowres(to_input(images, channels_last=self.train_cfg.channels_last))
         logits = logits.float()
         self.val_auroc.update(torch.sigmoid(logits), labels.long())
-        self._val_loss.append(F.binary_cross_entropy_with_logits(logits, labels, reduction="sum"))
-        self._val_correct.append(((logits > 0).float() == labels).sum())
-        self._val_n.append(len(labels))
+        self.val_loss.update(F.binary_cross_entropy_with_logits(logits, labels, reduction="none"))
+        self.val_acc.update(((logits > 0).float() == labels).float())
 
     def on_validation_epoch_end(self) -> None:
-        count = max(sum(self._val_n), 1)
-        self.log("val_auroc", self.val_auroc.compute(), prog_bar=True)
-        self.log("val_loss", torch.stack(self._val_loss).sum() / count)
-        self.log("val_acc", torch.stack(self._val_correct).sum() / count, prog_bar=True)
-        self.val_auroc.reset()
-        self._val_loss.clear()
-        self._val_correct.clear()
-        self._val_n.clear()
+        # compute() syncs across processes; the values are then equal on every rank, and
+        # sync_dist (a mean of equal values) only keeps Lightning from warning about epoch logs
+        for name, metric in (("val_auroc", self.val_auroc), ("val_loss", self.val_loss), ("val_acc", self.val_acc)):
+            self.log(name, metric.compute(), prog_bar=name != "val_loss", sync_dist=True)
+            metric.reset()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.model.parameters(), lr=self.train_cfg.lr,
@@ -70,13 +79,15 @@ class LitLocalizer(L.LightningModule):
 
 
 class EpochCSV(L.Callback):
-    """Append one row of logged metrics per epoch to a CSV (rewritten atomically)."""
+    """Append one row of logged metrics per epoch to a CSV (rewritten atomically; rank 0 only)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.t0 = time.time()
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:  # the metrics are synced: rank 0 writes them for all
+            return
         m = {k: float(v) for k, v in trainer.callback_metrics.items()}
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step,
                "train_loss": m.get("train_loss_epoch", float("nan")), "val_loss": m.get("val_loss"),

@@ -12,6 +12,12 @@ RUN/
 With `teacher_dir`, the teacher (and a keyed cache of its pseudo masks) lives in that shared
 folder instead, trained there once, and RUN gets a hard link (or copy) of `teacher.pt` and of
 the pseudo masks it used, so every run folder stays self-contained.
+
+Under DDP with `train.strategy` 'ddp' (`crackloc.training.fit.Ranks`) every process runs this
+pipeline: rank 0 checks, writes the run folder and sends the config and split rows to the
+others; every rank decodes the data and joins each `fit`; rank 0 makes (or reuses) the pseudo
+masks, saves them and sends them to the others; rank 0 alone writes teacher.pt, pseudo_masks.pt,
+model.pt and train_summary.json. Lightning's own checkpoints and epoch CSVs are rank 0's too.
 """
 
 from __future__ import annotations
@@ -21,13 +27,13 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
 
-from crackloc.config import RunConfig, load_config, save_config
+from crackloc.config import RunConfig, from_dict, load_config, save_config
 from crackloc.data.dataset import DecodedSplit
 from crackloc.data.manifest import (
     check_parts,
@@ -42,8 +48,9 @@ from crackloc.models.checkpoint import load_model, save_model
 from crackloc.models.registry import build_model
 from crackloc.tensors import predict_batches
 from crackloc.training.ddt import ddt_pseudo_masks
-from crackloc.training.fit import fit_model
+from crackloc.training.fit import Ranks, fit_model, per_device_batch
 from crackloc.training.pseudo import pseudo_masks
+from crackloc.training.refine_labels import refined_labels
 from crackloc.training.threshold import choose_threshold
 
 
@@ -142,15 +149,20 @@ def build_models(cfg: RunConfig) -> tuple[Built, Built]:
 
 
 def train_teacher(cfg: RunConfig, out: Path, splits: dict[str, DecodedSplit], *, progress: bool,
-                  model: torch.nn.Module | None = None) -> torch.nn.Module:
-    """Train (or reload) the CAM teacher on the training split (`model`: the teacher, built already)."""
+                  model: torch.nn.Module | None = None, ranks: Ranks | None = None) -> torch.nn.Module:
+    """Train (or reload) the CAM teacher on the training split (`model`: the teacher, built already).
+
+    Under DDP rank 0 decides whether teacher.pt exists and alone saves it.
+    """
+    ranks = ranks or Ranks()
     path = out / "teacher.pt"
-    if path.is_file():
+    if ranks.broadcast(path.is_file()):
         return load_model(path)[0]
     teacher = fit_model(cfg.teacher, cfg.train, splits["train"], splits["val"], ckpt_dir=out / "checkpoints/teacher",
                         csv_path=out / "teacher_epochs.csv", epochs=cfg.train.teacher_epochs, model=model,
                         progress=progress)
-    save_model(path, teacher, cfg.teacher, role="teacher")
+    if ranks.is_zero:
+        save_model(path, teacher, cfg.teacher, role="teacher")
     return teacher
 
 
@@ -164,10 +176,18 @@ def _cached(path: Path | None, train: DecodedSplit, source: str, grid: tuple[int
     return cached["masks"] if fits else None
 
 
-def cached_pseudo_masks(cfg: RunConfig, out: Path, teacher: torch.nn.Module, train: DecodedSplit, *,
+def stage2_labels(cfg: RunConfig, train: DecodedSplit, *, progress: bool) -> torch.Tensor:
+    """Refined pixel pseudo-labels of the training split from the stage-1 model `model.init_from`."""
+    if not cfg.model.init_from:
+        raise CracklocError("stage 2 needs a stage-1 model file: set model.init_from (--init-from RUN/model.pt)")
+    stage1 = load_model(cfg.model.init_from)[0]
+    return refined_labels(stage1, train.images, train.labels, precision=cfg.train.precision, progress=progress)
+
+
+def cached_pseudo_masks(cfg: RunConfig, out: Path, teacher: torch.nn.Module | None, train: DecodedSplit, *,
                         source: str, grid: tuple[int, int], shared: Path | None = None,
                         progress: bool) -> torch.Tensor:
-    """Pseudo masks ('cam': teacher CAM, 'ddt': DDT maps) of the training split, made once.
+    """Pseudo masks ('cam': teacher CAM, 'ddt': DDT maps, 'refined': stage-2 pixel labels), made once.
 
     Cached as RUN/pseudo_masks.pt and, with `shared`, also as shared/pseudo_{source}_{h}x{w}.pt
     for the other runs that share the teacher.
@@ -180,7 +200,9 @@ def cached_pseudo_masks(cfg: RunConfig, out: Path, teacher: torch.nn.Module, tra
             if candidate != path:
                 link_file(candidate, path)
             return masks
-    if source == "ddt":
+    if source == "refined":
+        masks = stage2_labels(cfg, train, progress=progress)
+    elif source == "ddt":
         masks = ddt_pseudo_masks(teacher, train.images, train.labels, grid=grid,
                                  negatives=cfg.train.negative_pseudo, precision=cfg.train.precision,
                                  progress=progress)
@@ -202,38 +224,92 @@ def train_run(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress
     part, readable images, model weights) runs before anything is written into `out`.
     `teacher_dir`: a folder shared by runs of the same seed and data, where the teacher is
     trained once (or found) and pseudo masks are cached; default: RUN itself.
+    With `train.strategy` 'ddp' over several devices, every DDP process calls this (module docstring).
     """
     out = Path(out)
-    cfg = prepare_run(cfg, out, resume=resume)
-    t0 = time.time()
-    root, rows, stats = resolve_manifest(cfg, progress=progress)
-    check_parts(cfg, rows)
-    splits = load_splits(cfg, root, rows, ("train", "val"), progress=progress)
+    saved = out / "config.yaml"
+    train_cfg = (load_config(saved) if resume and saved.is_file() else cfg).train
+    per_device_batch(train_cfg)  # refused before any other process starts
+    ranks = Ranks(train_cfg)
+    ranks.launch()  # Lightning's launcher: a node's other processes start now, re-running this command
+    if not ranks.is_zero:
+        return _follow_run(out, ranks, teacher_dir=teacher_dir)
+    try:
+        cfg = prepare_run(cfg, out, resume=resume)
+        t0 = time.time()
+        root, rows, stats = resolve_manifest(cfg, progress=progress)
+        check_parts(cfg, rows)
+        splits = load_splits(cfg, root, rows, ("train", "val"), progress=progress)
+        built = build_models(cfg)
+        with undo_on_refusal(out, enabled=not resume):
+            if stats is not None:
+                write_split(cfg, out, root, rows, stats)
+            save_config(cfg, out / "config.yaml")
+            ranks.broadcast(("run", asdict(cfg), str(root), rows))
+            return _train_pipeline(cfg, out, splits, built, t0=t0, teacher_dir=teacher_dir, progress=progress,
+                                   ranks=ranks)
+    except CracklocError as exc:
+        if ranks.world > 1 and not ranks.connected:  # refused before the others were told to start
+            ranks.broadcast(("refused", str(exc)))
+        elif ranks.world > 1:
+            ranks.stop_others()
+        raise
+    except BaseException:
+        ranks.stop_others()  # they would wait for rank 0 until the process group times out
+        raise
+
+
+class RefusedOnRankZero(CracklocError):
+    """Rank 0 refused the run (and says why); the other DDP processes stop quietly."""
+
+
+def _follow_run(out: Path, ranks: Ranks, *, teacher_dir: str | Path | None) -> Path:
+    """A DDP rank other than 0: take the config and split rows rank 0 checked, decode, train alongside."""
+    message = ranks.broadcast(None)
+    if message[0] == "refused":
+        raise RefusedOnRankZero(message[1])
+    _, cfg_dict, root, rows = message
+    cfg = from_dict(RunConfig, cfg_dict)
+    splits = load_splits(cfg, Path(root), rows, ("train", "val"), progress=False)
     built = build_models(cfg)
-    with undo_on_refusal(out, enabled=not resume):
-        if stats is not None:
-            write_split(cfg, out, root, rows, stats)
-        save_config(cfg, out / "config.yaml")
-        return _train_pipeline(cfg, out, splits, built, t0=t0, teacher_dir=teacher_dir, progress=progress)
+    return _train_pipeline(cfg, out, splits, built, t0=time.time(), teacher_dir=teacher_dir, progress=False,
+                           ranks=ranks)
 
 
 def _train_pipeline(cfg: RunConfig, out: Path, splits: dict[str, DecodedSplit], built: tuple[Built, Built], *,
-                    t0: float, teacher_dir: str | Path | None, progress: bool) -> Path:
+                    t0: float, teacher_dir: str | Path | None, progress: bool, ranks: Ranks | None = None) -> Path:
     """Teacher, pseudo masks, student, validation threshold and model file of a prepared run."""
+    ranks = ranks or Ranks()
     shared = Path(teacher_dir) if teacher_dir is not None else out
-    shared.mkdir(parents=True, exist_ok=True)
-    teacher = train_teacher(cfg, shared, splits, progress=progress, model=built[0].resume_rng(cfg.train.seed))
-    if shared != out:
-        link_file(shared / "teacher.pt", out / "teacher.pt")
+    if ranks.is_zero:
+        shared.mkdir(parents=True, exist_ok=True)
+    source, grid = student_pseudo(cfg, built[1].model)
+    teacher = None
+    if source == "refined":  # stage 2 learns from the stage-1 model file (model.init_from), not a teacher
+        grid = (cfg.data.image_size, cfg.data.image_size)  # pixel labels at patch resolution
+    else:
+        teacher = train_teacher(cfg, shared, splits, progress=progress,
+                                model=built[0].resume_rng(cfg.train.seed), ranks=ranks)
+        if shared != out and ranks.is_zero:
+            link_file(shared / "teacher.pt", out / "teacher.pt")
     student = built[1].resume_rng(cfg.train.seed)  # the pseudo-mask pass below draws no random numbers
-    source, grid = student_pseudo(cfg, student)
     pseudo = None
     if source is not None:
-        pseudo = cached_pseudo_masks(cfg, out, teacher, splits["train"], source=source, grid=grid,
-                                     shared=shared if shared != out else None, progress=progress)
+        if ranks.is_zero:  # rank 0 makes (or reuses) and saves them; the others get the same tensor
+            pseudo = cached_pseudo_masks(cfg, out, teacher, splits["train"], source=source, grid=grid,
+                                         shared=shared if shared != out else None, progress=progress)
+        pseudo = ranks.broadcast(pseudo)
     model = fit_model(cfg.model, cfg.train, splits["train"], splits["val"], ckpt_dir=out / "checkpoints/student",
                       csv_path=out / "student_epochs.csv", epochs=cfg.train.epochs, pseudo=pseudo,
                       model=student, progress=progress)
+    if ranks.is_zero:
+        _finish(cfg, out, splits, model, t0=t0)
+    ranks.barrier()  # model.pt is complete before any process returns its path
+    return out / "model.pt"
+
+
+def _finish(cfg: RunConfig, out: Path, splits: dict[str, DecodedSplit], model: torch.nn.Module, *, t0: float) -> Path:
+    """Validation threshold, train_summary.json and model.pt (rank 0)."""
     val_probs, _ = predict_batches(model, splits["val"].images, precision=cfg.train.precision)
     threshold = choose_threshold(val_probs, splits["val"].labels)
     failed = split_failures(out) + [f for s in splits.values() for f in s.failed]

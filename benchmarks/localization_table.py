@@ -1,0 +1,92 @@
+"""The localisation table of issue #12: every row scored on the same CrackForest test images.
+
+For each row (training-free floors, model files), every setting (scale, gate) is chosen on the
+fixed dev images only (`fixed_partition`: the 30 images `evaluate-localization` uses as dev by
+default), by dev PxAP; then `evaluate_localization` picks the map threshold on the same dev
+images and scores the 88 test images at it. Prints a Markdown table and writes JSON.
+
+    python -m benchmarks.localization_table --data ../shared/data/crackforest \
+        --model stage1=crackloc/assets/crackloc_resnet18.pt --model stage2=RUN/model.pt \
+        --scales 1,2,4,6 --out docs/results/localization_table
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+import warnings
+from pathlib import Path
+
+from benchmarks.common import cpu_model, table
+from crackloc.config import InferenceConfig, ModelConfig
+from crackloc.data.masks import MaskDataset
+from crackloc.evaluation.localize_run import evaluate_localization, fixed_partition, score_folder
+from crackloc.inference.predictor import Predictor
+from crackloc.io import write_json
+from crackloc.models.registry import build_model
+
+FLOORS = ("darkness", "blackhat", "ridge", "blackhat_ridge_shape")
+
+
+def make_predictor(source: str, cfg: InferenceConfig) -> Predictor:
+    """`floor:NAME` (training-free) or a model file path."""
+    if source.startswith("floor:"):
+        return Predictor.from_model(build_model(ModelConfig(name=source[6:], pretrained="none")), cfg,
+                                    name=source)
+    return Predictor(source, cfg)
+
+
+def choose_on_dev(source: str, ds: MaskDataset, dev: list[str], *, scales: list[float],
+                  gates: list[bool]) -> tuple[InferenceConfig, list[dict]]:
+    """The (scale, gate) with the best dev PxAP, and every dev result."""
+    tried = []
+    for scale, gate in itertools.product(scales, gates):
+        cfg = InferenceConfig(scale=scale, gate=gate)
+        res = score_folder(make_predictor(source, cfg), ds, dev, tolerance=2)
+        tried.append({"scale": scale, "gate": gate, "dev_pxap": res["pxap"], "dev_best_f1": res["best_f1"]})
+        print(json.dumps({"row": source, **tried[-1]}), flush=True)
+    best = max(tried, key=lambda r: r["dev_pxap"])
+    return InferenceConfig(scale=best["scale"], gate=best["gate"]), tried
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--model", action="append", default=[], help="NAME=MODEL_FILE (repeat)")
+    p.add_argument("--floors", default=",".join(FLOORS))
+    p.add_argument("--scales", default="1,2,4,6", help="scales tried on dev for the model files")
+    p.add_argument("--floor-scales", default="1", help="scales tried on dev for the floors")
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+    warnings.filterwarnings("ignore")
+    ds = MaskDataset(a.data)
+    dev, test = fixed_partition(ds.stems)
+    rows = [(f"{n} (training-free)", f"floor:{n}", [float(s) for s in a.floor_scales.split(",")])
+            for n in a.floors.split(",") if n]
+    rows += [(name, path, [float(s) for s in a.scales.split(",")]) for name, path in (m.split("=", 1) for m in a.model)]
+    out, results = Path(a.out), []
+    for label, source, scales in rows:
+        t0 = time.time()
+        cfg, tried = choose_on_dev(source, ds, dev, scales=scales, gates=[False, True])
+        m = evaluate_localization(make_predictor(source, cfg), a.data, out / label.split()[0],
+                                  partition=(dev, test), progress=False, n_overlays=3)
+        results.append({"row": label, "source": source, "scale": cfg.scale, "gate": cfg.gate, "dev": tried,
+                         "seconds": round(time.time() - t0, 1),
+                         **{k: m[k] for k in ("pxap", "f1", "iou", "ods_f1", "ois_f1", "threshold",
+                                              "width_error_px_median", "width_error_px_p90", "n_dev", "n_test")}})
+        write_json(out / "table.json", {"cpu": cpu_model(), "rows": results})
+
+    def f(x, d=3):
+        return "—" if x is None else f"{x:.{d}f}"
+
+    print(table([[r["row"], f"{r['scale']:g}", "on" if r["gate"] else "off", f(r["pxap"]), f(r["f1"]),
+                  f(r["iou"]), f(r["ods_f1"]), f(r["ois_f1"]), f(r["width_error_px_median"], 2),
+                  f(r["width_error_px_p90"], 2)] for r in results],
+                ["map", "scale (dev)", "gate (dev)", "PxAP", "F1 (2 px, dev thr.)", "IoU", "ODS F1", "OIS F1",
+                 "width err. median px", "width err. p90 px"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""Stage 2: a full-resolution crack segmenter trained on refined pseudo-labels (image labels only).
+
+Encoder: the backbone's four stages (ResNet-18: strides 4, 8, 16, 32), initialised from a
+stage-1 model file (`ModelConfig.init_from`) or ImageNet weights. Decoder: an FPN-style
+top-down path to stride 4, then to stride 2 where it meets a small full-resolution branch on the
+image itself (thin cracks are 1–3 px wide: the stem's stride 4 alone would blur them), and a
+1×1 head: the crack map at stride 2, upsampled bilinearly to the input. The image-level logit
+is GAP → FC on the deepest stage (the stage-1 classifier's head, so decisions start where
+stage 1 left them).
+
+Same contract as every model: `(logits [B], heatmap [B,1,H,W] in [0,1])`; `forward_dense`
+gives the map's logits at input resolution for the pixel loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crackloc.config import ModelConfig
+from crackloc.models.backbone import build_backbone
+from crackloc.models.base import LocalizationModel
+from crackloc.models.heads import CamHead
+from crackloc.models.registry import register
+
+DECODER_CHANNELS = 64
+FINE_CHANNELS = 16
+FUSED_CHANNELS = 32
+
+
+def conv_bn_relu(cin: int, cout: int, *, stride: int = 1) -> nn.Sequential:
+    """3×3 conv → BN → ReLU."""
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class CrackSegNet(LocalizationModel):
+    """Encoder (4 stages) → FPN decoder → stride-2 crack map; GAP/FC image logit."""
+
+    uses_pseudo_masks = True
+    pseudo_source = "refined"
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        backbone = build_backbone(cfg.backbone, scales=list(_all_stages(cfg.backbone)), output_stride=32,
+                                  pretrained=cfg.pretrained)
+        super().__init__(mean=backbone.mean, std=backbone.std, uses_pseudo_masks=cfg.uses_pseudo_masks)
+        self.cfg = cfg
+        self.backbone = backbone
+        d = DECODER_CHANNELS
+        self.lateral = nn.ModuleList(nn.Conv2d(c, d, 1) for c in backbone.channels)
+        self.smooth = conv_bn_relu(d, d)
+        self.fine = nn.Sequential(conv_bn_relu(3, FINE_CHANNELS), conv_bn_relu(FINE_CHANNELS, FINE_CHANNELS, stride=2))
+        self.fuse = conv_bn_relu(d + FINE_CHANNELS, FUSED_CHANNELS)
+        self.head = nn.Conv2d(FUSED_CHANNELS, 1, 1)
+        self.fc = CamHead(backbone.channels[-1])
+        self.init_source = load_stage1(self, cfg.init_from) if cfg.init_from else "none"
+
+    def _decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B,3,H,W] in [0,1] → (image logits [B], map logits [B,1,H/2,W/2])."""
+        xn = self.normalize(x)
+        feats = self.backbone(xn)  # strides 4, 8, 16, 32
+        top = self.lateral[-1](feats[-1])
+        for lat, f in zip(reversed(self.lateral[:-1]), reversed(feats[:-1]), strict=True):
+            top = lat(f) + F.interpolate(top, size=f.shape[-2:], mode="bilinear", align_corners=False)
+        fine = self.fine(xn)  # [B,16,H/2,W/2]
+        up = F.interpolate(self.smooth(top), size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        logits_map = self.head(self.fuse(torch.cat([up, fine], dim=1)))  # [B,1,H/2,W/2]
+        return self.fc.logits(feats[-1]), logits_map
+
+    def forward_dense(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B,3,H,W] → (image logits [B], map logits [B,1,H,W]) for the pixel loss."""
+        logits, low = self._decode(x)
+        return logits, F.interpolate(low.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+    def forward_lowres(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, low = self._decode(x)
+        return logits, torch.sigmoid(low.float())  # [B], [B,1,H/2,W/2]
+
+
+def load_stage1(model: CrackSegNet, path: str) -> str:
+    """Copy a stage-1 model file's backbone stages and classifier into `model` (shapes must match)."""
+    from crackloc.errors import CracklocError
+    from crackloc.models.checkpoint import read_model_file
+
+    sd = read_model_file(path)["state_dict"]
+    own = model.state_dict()
+    usable = {k: v.float() for k, v in sd.items()
+              if (k.startswith("backbone.") or k.startswith("fc.")) and k in own and own[k].shape == v.shape}
+    if not any(k.startswith("backbone.") for k in usable):
+        raise CracklocError(f"{path}: no backbone weights that fit the {model.cfg.backbone} encoder")
+    model.load_state_dict(usable, strict=False)
+    return str(path)
+
+
+def _all_stages(name: str) -> tuple[str, ...]:
+    from crackloc.models.backbone import backbone_spec
+
+    return tuple(backbone_spec(name).stages)
+
+
+@register("crackseg")
+def build_crackseg(cfg: ModelConfig) -> CrackSegNet:
+    """Stage 2: full-resolution crack segmenter trained on refined pseudo-labels."""
+    return CrackSegNet(cfg)

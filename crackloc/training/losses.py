@@ -1,0 +1,30 @@
+"""Losses of the training loop: the paper's BCE + λ·L1 and stage 2's pixel BCE + Dice with ignore."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = 255  # pixel label that takes no part in the loss (the refinement's uncertain band)
+
+
+def is_dense(targets: torch.Tensor, images: torch.Tensor) -> bool:
+    """Pixel pseudo-labels ([B,1,S,S] at the image size) rather than a coarse map or none."""
+    return targets.dim() == 4 and targets.shape[-2:] == images.shape[-2:]
+
+
+def pixel_loss(map_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """BCE + soft Dice over the pixels that are not IGNORE: map logits [B,1,S,S], labels [B,1,S,S].
+
+    Dice is computed over the whole batch (crack-free patches add only background), so a batch
+    without any crack pixel still has a defined, small Dice term.
+    """
+    valid = targets != IGNORE  # [B,1,S,S]
+    y = (targets == 1).float()
+    logits = map_logits.float()
+    bce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    bce = (bce * valid).sum() / valid.sum().clamp(min=1)
+    p = torch.sigmoid(logits) * valid
+    inter = (p * y).sum()
+    dice = 1 - (2 * inter + 1) / (p.sum() + (y * valid).sum() + 1)
+    return bce + dice
