@@ -146,6 +146,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "loc_scale": (0.01, 64), "max_distance": (0, 16), "mm_per_px": (1e-6, 1e4), "max_pixels": (1, 10**10),
     "dev_fraction": (0.01, 0.99), "tolerance": (0, 32), "max_images": (2, 10**7), "opset": (1, 100),
     "images": (1, 64), "crack_width": (0.5, 200),
+    "workers": (1, 100_000), "cpus_per_worker": (0.01, 1024), "gpus_per_worker": (0, 64),
 }
 UNITS: dict[str, str] = {"tile": "px", "scale": "x", "loc_scale": "x", "overlap": "of a window",
                          "ahr_percentile": "%", "pseudo_percentile": "%", "image_size": "px", "tolerance": "px",

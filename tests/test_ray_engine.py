@@ -166,7 +166,7 @@ def test_options_and_inputs_are_checked(photos, model_file, tmp_path, capsys):
         assert len(err) == 1 and said in err[0], err
     with pytest.raises(SystemExit):
         main(["predict", str(photos), "--out", str(tmp_path / "d"), "--engine", "ray", "--workers", "0"])
-    assert "--workers must be in [1, " in capsys.readouterr().err
+    assert "--workers=0 is outside [1, " in capsys.readouterr().err
 
 
 def test_input_lists_and_listing(photos, tmp_path):

@@ -29,22 +29,6 @@ def _summarize(report, out: Path, *, summary: str | None = None) -> int:
     return report_failures(report.failed, noun="input", listed_in=f"{out}/failed.jsonl")
 
 
-def _bounded(kind: type, option: str, lo: float, hi: float):
-    """An argparse `type`: a number of `kind` in [lo, hi] (ranges of the engine options)."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a{'n integer' if kind is int else ' number'}: {text!r}") \
-                from None
-        if not lo <= value <= hi:  # also refuses nan
-            raise argparse.ArgumentTypeError(f"{option} must be in [{lo:g}, {hi:g}], got {text}")
-        return value
-    parse.__name__ = kind.__name__
-    parse.checked = True  # type: ignore[attr-defined]  (range checked here: see check_numeric_options)
-    return parse
-
-
 RAY_OPTIONS = ("workers", "address", "cpus_per_worker", "gpus_per_worker")
 
 
@@ -64,14 +48,14 @@ def _predict_parser(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine (--engine ray: a Ray Data actor pool, same outputs plus summary.parquet)")
     g.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: this process (default); ray: a pool of Ray actors on this machine or a cluster")
-    g.add_argument("--workers", type=_bounded(int, "--workers", 1, 100_000),
+    g.add_argument("--workers", type=int,
                    help="ray: actors in the pool, one model each (default: one per GPU of the cluster, else 1)")
     g.add_argument("--address", help="ray: join this running cluster (`auto`: the one `ray start --head` or "
                                      "KubeRay made); default: start a local Ray with this machine's cores")
-    g.add_argument("--cpus-per-worker", type=_bounded(float, "--cpus-per-worker", 0.01, 1024),
+    g.add_argument("--cpus-per-worker", type=float,
                    help="ray: CPUs per actor, also its torch threads (default: 1 with GPUs, else the cores "
                         "split evenly among the workers)")
-    g.add_argument("--gpus-per-worker", type=_bounded(float, "--gpus-per-worker", 0, 64),
+    g.add_argument("--gpus-per-worker", type=float,
                    help="ray: GPUs per actor (default 1 when the cluster has GPUs, else 0; 0.5 shares one GPU "
                         "between two actors)")
     add_inference_options(p)
