@@ -1,15 +1,21 @@
 """Photos per second of `crackloc predict`: the local engine vs `--engine ray` with 1 and 2 workers.
 
 N copies of one 4032×3024 photo (the bundled sample photo upscaled once, as in bench_photo)
-go through each engine in turn, in one process, with the same model and `InferenceConfig`
-defaults (bf16, 224 px tiles, overlap 0.25), the same outputs (three full-size PNGs and one
-record per photo). Ray runs on a local instance with this machine's cores, started once before
-timing (as a running cluster would be); each Ray timing includes its actors' start-up (a model
-load each) and the Parquet summary. The local engine runs in this process with torch's default
-threads; a Ray worker gets the cores divided among the workers, as `--engine ray` does. Ray
-runs its workers at niceness 15 by default; here they run at 0 (`RAY_worker_niceness=0`), like
-this process, so that on a shared machine both engines compete alike for the cores. The engines
-alternate (local, ray-1, ray-2, local, …) over `--rounds`, and the medians are reported.
+go through each engine in turn, with the same model and `InferenceConfig` defaults (bf16,
+224 px tiles, overlap 0.25) and the same outputs (three full-size PNGs and one record per photo).
+Each timing is one `crackloc predict` command in a fresh process, as a user runs it:
+
+    local:  crackloc predict PHOTOS --out OUT
+    ray-W:  crackloc predict PHOTOS --out OUT --engine ray --workers W --address ADDR
+
+so both pay the same process start, imports and model load. Ray itself runs as a local
+instance with this machine's cores that this script starts once, before timing (as a running
+cluster would be; its start-up time is printed apart); each Ray timing includes its actors'
+start-up (a model load each) and the Parquet summary. The local engine uses torch's default
+threads; a Ray worker gets the cores divided among the workers. Ray runs its workers at
+niceness 15 by default; here at 0 (`RAY_worker_niceness=0`), as the local command, so that on a
+shared machine both compete alike for the cores. The engines alternate (local, ray-1, ray-2,
+local, …) over `--rounds`, and the medians are reported.
 
     python -m benchmarks.bench_ray [--n 50] [--workers 1,2] [--rounds 1] [--checkpoint MODEL.pt]
 
@@ -26,6 +32,8 @@ import os
 import resource
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -35,14 +43,27 @@ import torch
 
 from benchmarks.bench_photo import make_photo
 from benchmarks.common import cpu_model, table
-from crackloc.config import InferenceConfig
-from crackloc.inference.batch import predict_files
-from crackloc.inference.predictor import ASSETS, Predictor
+from crackloc.inference.batch import read_records
+from crackloc.inference.predictor import ASSETS
 
 
-def _cpu_seconds() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
+def _children_cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
+
+
+def _predict(argv: list[str], out: Path, n: int) -> float:
+    """Wall seconds of one `crackloc predict` command; checks that it did all n photos."""
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "crackloc.cli", "predict", *argv, "--out", str(out)],
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    done = len(read_records(out / "predictions.jsonl"))
+    if proc.returncode != 0 or done != n:
+        raise SystemExit(f"crackloc predict {' '.join(argv)}: exit {proc.returncode}, {done} of {n} photos\n"
+                         f"{proc.stderr[-2000:]}")
+    return wall
 
 
 def main() -> None:
@@ -57,10 +78,8 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     import ray
 
-    from crackloc.inference.ray_engine import predict_files_ray
-
     pools = [int(w) for w in a.workers.split(",") if w.strip()]
-    cfg = InferenceConfig()
+    model = ["--checkpoint", a.checkpoint] if a.checkpoint else []
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-ray-") as tmp:
         root = Path(tmp)
@@ -73,27 +92,18 @@ def main() -> None:
         os.environ.setdefault("RAY_worker_niceness", "0")  # the raylet passes it to its workers
         t0 = time.perf_counter()
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="error")
-        ray.data.DataContext.get_current().enable_progress_bars = False
         ray_start = time.perf_counter() - t0
+        address = ray.get_runtime_context().gcs_address
 
         def local() -> float:
-            out = root / "out-local"
-            shutil.rmtree(out, ignore_errors=True)
-            t, c = time.perf_counter(), _cpu_seconds()
-            report = predict_files(Predictor(a.checkpoint, cfg), [photos], out, progress=False)
-            wall = time.perf_counter() - t
-            cpu.append((_cpu_seconds() - c) / a.n)
-            assert len(report.records) == a.n and not report.failed, report.failed
+            c = _children_cpu_seconds()
+            wall = _predict([str(photos), *model], root / "out-local", a.n)
+            cpu.append((_children_cpu_seconds() - c) / a.n)
             return wall
 
         def on_ray(workers: int) -> float:
-            out = root / f"out-ray{workers}"
-            shutil.rmtree(out, ignore_errors=True)
-            t = time.perf_counter()
-            report = predict_files_ray(a.checkpoint, cfg, [photos], out, workers=workers, progress=False)
-            wall = time.perf_counter() - t
-            assert len(report.records) == a.n and not report.failed, report.failed
-            return wall
+            return _predict([str(photos), *model, "--engine", "ray", "--workers", str(workers), "--address", address],
+                            root / f"out-ray{workers}", a.n)
 
         cpu: list[float] = []
         runs: dict[str, list[float]] = {"local": [], **{f"ray-{w}": [] for w in pools}}
@@ -114,7 +124,8 @@ def main() -> None:
     print(f"CPU: {cpu_model()}")
     print(f"{a.n} photos of 4032×3024, bf16, tile 224, overlap 0.25; median of {a.rounds} round(s); "
           f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}")
-    print(f"Ray local instance start-up (once, not in the times): {ray_start:.1f} s")
+    print(f"Ray local instance start-up (once, not in the times): {ray_start:.1f} s; each time is one "
+          "`crackloc predict` command in a fresh process")
     print(table(rows, ["engine", "workers", "torch threads each", "wall s", "s/photo", "photos/s",
                        "time vs local"]))
     result = {"n": a.n, "rounds": a.rounds, "wall_s": wall, "runs_s": runs, "ray_start_s": ray_start,

@@ -102,7 +102,9 @@ def test_lite0_key_map_reaches_timm_keys():
 
 
 PSEUDO_DEFAULTS = {"crackloc": True, "resnet18_cam": False, "cam_vgg16": False, "wsol_crack": False,
-                   "ts_cam": False, "psol": True}
+                   "ts_cam": False, "psol": True, "crackseg": True, "darkness": False, "blackhat": False,
+                   "ridge": False, "blackhat_ridge_shape": False}
+PSEUDO_SOURCES = {"psol": "ddt", "crackseg": "refined"}  # the others: the teacher's CAM
 
 
 def test_pseudo_defaults_cover_every_model():
@@ -113,7 +115,7 @@ def test_pseudo_defaults_cover_every_model():
 def test_uses_pseudo_masks_default_and_override(name):
     default = build_model(ModelConfig(name=name, pretrained="none"))
     assert default.uses_pseudo_masks is PSEUDO_DEFAULTS[name]
-    assert default.pseudo_source == ("ddt" if name == "psol" else "cam")
+    assert default.pseudo_source == PSEUDO_SOURCES.get(name, "cam")
     flipped = build_model(ModelConfig(name=name, pretrained="none", uses_pseudo_masks=not PSEUDO_DEFAULTS[name]))
     assert flipped.uses_pseudo_masks is (not PSEUDO_DEFAULTS[name])
     assert type(flipped).uses_pseudo_masks is type(default).uses_pseudo_masks  # the class default is untouched

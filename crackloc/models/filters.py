@@ -141,7 +141,7 @@ class TrainingFreeMap(LocalizationModel):
     kind = "darkness"
 
     def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), uses_pseudo_masks=False)
+        super().__init__(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), uses_pseudo_masks=cfg.uses_pseudo_masks)
         self.cfg = cfg
         self.width = float(cfg.crack_width)
 
