@@ -53,17 +53,22 @@ def test_tiny_stage2_learns_the_fixture(tmp_path):
         images, labels, masks = make_crack_set(n, size=64, seed=seed, width=2.5)
         return DecodedSplit(images, labels, [str(i) for i in range(n)]), masks
 
-    (train, train_masks), (val, _), (test, test_masks) = split(96, 1), split(16, 2), split(32, 3)
+    (train, train_masks), (val, val_masks), (test, test_masks) = split(96, 1), split(16, 2), split(32, 3)
     pseudo = refine_pseudo_labels(train.images, train.labels, _coarse(train_masks, 4),
                                   cfg=RefineConfig(crack_width=2.5))
     assert int(((pseudo == 1) | (pseudo == IGNORE) | (pseudo == 0)).all())
     cfg = TrainConfig(epochs=30, batch_size=16, lr=3e-3, precision="32", channels_last=False, select_by="last")
     model = fit_model(ModelConfig(name="crackseg", pretrained="none"), cfg, train, val, ckpt_dir=tmp_path / "ck",
                       csv_path=tmp_path / "e.csv", epochs=cfg.epochs, pseudo=pseudo, progress=False)
-    _, heat = predict_batches(model, test.images, with_heatmaps=True, precision="32", channels_last=False)
-    pred, truth = heat >= 0.5, test_masks > 0
-    f1 = 2 * int((pred & truth).sum()) / (int(pred.sum()) + int(truth.sum()))
-    assert f1 >= 0.8, f1
+    def f1_at(images: torch.Tensor, masks: torch.Tensor, threshold: float) -> float:
+        _, heat = predict_batches(model, images, with_heatmaps=True, precision="32", channels_last=False)
+        pred, truth = heat >= threshold, masks > 0
+        return 2 * int((pred & truth).sum()) / max(int(pred.sum()) + int(truth.sum()), 1)
+
+    # the map threshold is chosen on the validation images, then the test images are scored at it
+    threshold = max((0.3, 0.4, 0.5, 0.6, 0.7, 0.8), key=lambda t: f1_at(val.images, val_masks, t))
+    f1 = f1_at(test.images, test_masks, threshold)
+    assert f1 >= 0.8, (f1, threshold)
 
 
 def test_stage2_trains_from_a_stage1_model_file_by_one_command(tiny_run, crack_folder, tmp_path):
