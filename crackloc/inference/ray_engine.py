@@ -346,6 +346,7 @@ def predict_files_ray(checkpoint: str | Path | None, cfg: InferenceConfig, input
     if is_uri(out):
         raise CracklocError(f"--out {out}: write the outputs to a folder (on a cluster: a mount every worker "
                             "shares), not to an object-store URI")
+    ray = _import_ray()
     out, log = Path(out), log or (lambda message: None)
     geometry = geometry or mm_per_px is not None
     checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()
@@ -353,7 +354,6 @@ def predict_files_ray(checkpoint: str | Path | None, cfg: InferenceConfig, input
                       threshold=threshold)  # a bad model file fails here, in one line, before Ray starts
     threshold = probe.threshold
     del probe
-    ray = _import_ray()
     out.mkdir(parents=True, exist_ok=True)
     plan, failed = plan_inputs(inputs, out)
     report, todo = start_run(out, plan, failed, resume=resume, log=log)
