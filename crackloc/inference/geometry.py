@@ -278,16 +278,18 @@ def _ring_box(box: tuple[slice, slice], shape: tuple[int, int]) -> tuple[slice, 
     return slice(max(y.start - 1, 0), min(y.stop + 1, h)), slice(max(x.start - 1, 0), min(x.stop + 1, w))
 
 
-def _components(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, int]:
-    """8-connected components with ≥ min_area pixels, labelled 1..n in raster order."""
-    labels, n = label(mask, connectivity=2, return_num=True)
-    if n == 0:
-        return labels, 0
-    small = np.bincount(labels.ravel(), minlength=n + 1) < min_area  # [n+1]
-    small[0] = False
-    if not small.any():
-        return labels, n
-    return label((labels > 0) & ~small[labels], connectivity=2, return_num=True)
+def _components(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, list[tuple[int, tuple[slice, slice], int]]]:
+    """8-connected components of the mask and the ones with ≥ min_area pixels.
+
+    Returns:
+        labels int [H,W] (0 = background, all components) and, in raster order of each
+        component's first pixel, (label, bounding box, area) of the kept ones. Small
+        components are skipped, not relabelled: nothing else touches the whole image.
+    """
+    labels, n = ndi.label(mask, structure=np.ones((3, 3), dtype=bool))  # raster order of first pixel
+    area = np.bincount(labels[mask], minlength=n + 1)  # [n+1], counts only the crack pixels
+    return labels, [(i, box, int(area[i])) for i, box in enumerate(ndi.find_objects(labels), start=1)
+                    if area[i] >= min_area]
 
 
 def _orientation_deg(orientation_rad: float) -> float:
@@ -313,27 +315,30 @@ def measure_cracks(mask: Any, *, mm_per_px: float | None = None, min_area: int =
     if min_area < 0:
         raise CracklocError(f"min_area must be ≥ 0, got {min_area}")
     m = _as_mask(mask)  # [H,W] bool
-    labels, n = _components(m, min_area)  # [H,W] int, 0 = background
-    if n == 0:
-        return CrackReport([], *m.shape, mm_per_px=mm_per_px, min_area=min_area)
-    cracks = []
-    for region, box in zip(regionprops(labels), ndi.find_objects(labels), strict=True):
-        ys, xs = _ring_box(box, labels.shape)
-        comp = labels[ys, xs] == region.label  # [h',w'] this crack alone, 1-px ring around it
-        dist = ndi.distance_transform_edt(comp)  # [h',w'] distance to nearest background pixel
-        skel = skeletonize(comp)
-        length = _skeleton_lengths(skel, dist, comp.astype(np.int32), 1)[1]
-        width = _width_map(comp, dist)  # [h',w']
-        w = width[skel & comp]  # [N]
-        if w.size == 0:  # no skeleton: fall back to the widest point
-            w = np.array([width[comp].max()])
-        y0, x0, y1, x1 = region.bbox
-        sk = np.argwhere(skel & comp) + np.array([ys.start, xs.start])
-        cracks.append(Crack(index=region.label, area_px=int(region.area), length_px=float(length),
-                            mean_width_px=float(w.mean()), max_width_px=float(w.max()),
-                            orientation_deg=_orientation_deg(region.orientation),
-                            bbox=(int(x0), int(y0), int(x1), int(y1)), mm_per_px=mm_per_px, skeleton=sk))
+    labels, kept = _components(m, min_area)  # [H,W] int, 0 = background
+    cracks = [_measure_one(labels, label_, box, area, index=index, mm_per_px=mm_per_px)
+              for index, (label_, box, area) in enumerate(kept, start=1)]
     return CrackReport(cracks, *m.shape, mm_per_px=mm_per_px, min_area=min_area)
+
+
+def _measure_one(labels: np.ndarray, label_: int, box: tuple[slice, slice], area: int, *, index: int,
+                 mm_per_px: float | None) -> Crack:
+    """Component `label_` as crack number `index`, measured on its box grown by 1 px (`_ring_box`)."""
+    ys, xs = _ring_box(box, labels.shape)
+    comp = labels[ys, xs] == label_  # [h',w'] this crack alone, 1-px ring around it
+    dist = ndi.distance_transform_edt(comp)  # [h',w'] distance to nearest background pixel
+    skel = skeletonize(comp)
+    length = _skeleton_lengths(skel, dist, comp.astype(np.int32), 1)[1]
+    width = _width_map(comp, dist)  # [h',w']
+    w = width[skel & comp]  # [N]
+    if w.size == 0:  # no skeleton: fall back to the widest point
+        w = np.array([width[comp].max()])
+    sk = np.argwhere(skel & comp) + np.array([ys.start, xs.start])
+    (y0, y1), (x0, x1) = (box[0].start, box[0].stop), (box[1].start, box[1].stop)
+    orientation = regionprops(comp.astype(np.uint8))[0].orientation  # central moments: crop-invariant
+    return Crack(index=index, area_px=area, length_px=float(length), mean_width_px=float(w.mean()),
+                 max_width_px=float(w.max()), orientation_deg=_orientation_deg(orientation),
+                 bbox=(int(x0), int(y0), int(x1), int(y1)), mm_per_px=mm_per_px, skeleton=sk)
 
 
 def _label_text(crack: Crack) -> str:
