@@ -122,6 +122,7 @@ class InferenceConfig:
     tile: int = 224  # window side in model pixels
     overlap: float = 0.25  # fraction of a window shared with its neighbour
     scale: float = 1.0  # resize factor applied to the photo before tiling
+    auto_scale: bool = False  # choose the scale per photo from its estimated crack width (overrides scale)
     gate: bool = True  # weight each window's map by its crack probability
     ahr_percentile: float | None = 50.0  # AHR cut at inference (None = as trained, 90)
     precision: Precision = "bf16"  # bf16 autocast + channels_last, or fp32

@@ -7,6 +7,7 @@ inference and evaluation can all use it.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 
 import torch
@@ -59,3 +60,51 @@ def predict_batches(model: Callable, images: torch.Tensor, *, batch_size: int = 
         if with_heatmaps:
             heats.append(heatmap.float().cpu())
     return torch.cat(probs), (torch.cat(heats) if with_heatmaps else None)
+
+
+MAP_ALIGNMENT = "cells-on-pixels-v2"  # in cache keys: pseudo masks and ONNX exports made before used the ½ rule
+
+
+def _cell_weights(n_out: int, n_in: int, *, stride: float, phase: float) -> torch.Tensor:
+    """Linear-interpolation matrix [n_out, n_in]: pixel p reads cell (p − phase·(stride−1)) / stride."""
+    u = ((torch.arange(n_out, dtype=torch.float64) - phase * (stride - 1)) / stride).clamp(0, n_in - 1)  # [n_out]
+    i0 = u.floor().long()
+    i1 = (i0 + 1).clamp(max=n_in - 1)
+    t = u - i0
+    rows = torch.arange(n_out)
+    m = torch.zeros(n_out, n_in, dtype=torch.float64)
+    m.index_put_((rows, i0), 1 - t, accumulate=True)
+    m.index_put_((rows, i1), t, accumulate=True)
+    return m
+
+
+def upsample_cells(x: torch.Tensor, size: tuple[int, int], *, stride: float, phase: float = 0.0) -> torch.Tensor:
+    """Bilinear upsampling of a cell map that keeps each cell over the pixels it describes.
+
+    Cell i of a stride-s map describes the input around pixel s·i + phase·(s − 1): phase 0 for
+    torchvision CNNs (every stride-2 conv or pool has k//2 padding, so output i sits on input 2i),
+    ½ for patchify / 2×2-pool networks (ViT, VGG), 1 for TF-"same" padding (EfficientNet-TF).
+    `F.interpolate(align_corners=False)` assumes ½, which shifts a phase-0 map by (s−1)/2 px
+    down and right (7.5 px at stride 16). Beyond the first and last cell centres the edge value is
+    kept. [B,C,h,w] → [B,C,*size].
+    """
+    h, w = x.shape[-2:]
+    if (h, w) == tuple(size):
+        return x
+    dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+    my = _cell_weights(size[0], h, stride=stride, phase=phase).to(x.device, dtype)  # [H,h]
+    mx = _cell_weights(size[1], w, stride=stride, phase=phase).to(x.device, dtype)  # [W,w]
+    with torch.autocast(x.device.type, enabled=False):  # as F.interpolate: full precision under bf16 autocast
+        return my @ x.to(dtype) @ mx.T  # [B,C,H,W]
+
+
+def nominal_stride(size: int, cells: int) -> int:
+    """The power-of-two stride s of a map with `cells` cells over `size` px: ⌈size / s⌉ = cells.
+
+    The smallest such s (a 40 px input has 2 cells at stride 32); where none fits exactly, the
+    nearest power of two to size / cells.
+    """
+    for k in range(13):
+        if -(-size // 2**k) == cells:
+            return 2**k
+    return 2 ** max(0, round(math.log2(size / cells)))

@@ -30,7 +30,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 from crackloc.inference import ray_engine  # noqa: E402
 
 N_IMAGES = 8
-KEYS = ("crack_probability", "crack", "width", "height", "n_tiles", "heatmap", "geometry",
+KEYS = ("crack_probability", "crack", "width", "height", "n_tiles", "scale", "heatmap", "geometry",
         "heatmap_png", "overlay_png", "color_png", "decision_threshold")
 
 

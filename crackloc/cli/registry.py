@@ -84,6 +84,8 @@ INFERENCE_HELP: dict[str, str] = {
     "overlap": "window overlap fraction (default {d})",
     "scale": "resize the photo by this factor before tiling (cracks should look as wide as in the 227 px "
              "training patches; default {d})",
+    "auto_scale": "choose --scale per photo so its cracks look as wide as in the training patches (their "
+                  "width is estimated from the photo; see docs/localization.md)",
     "gate": "weight each window's map by its crack probability (default on: it raised PxAP on "
             "CrackForest's dev images for every model and scale ≥ 2 we tried)",
     "ahr_percentile": "AHR keeps map values above this per-window percentile (default {d}, chosen on "

@@ -29,12 +29,12 @@ def classification_metrics(probs: torch.Tensor, labels: torch.Tensor, *, thresho
 
 @torch.inference_mode()
 def pseudo_mask_iou(heatmaps: torch.Tensor, teacher_cams: torch.Tensor, *, heat_threshold: float = 0.5,
-                    percentile: float = 95.0) -> dict:
+                    percentile: float = 95.0, phase: float = 0.0) -> dict:
     """The paper's IoU: heatmap > t vs the teacher's p95 CAM mask (circular: rewards agreeing).
 
     heatmaps [N,1,S,S] in [0,1]; teacher_cams [N,1,h,w] raw CAMs, upsampled to S×S here.
     """
-    ref = cam_masks(teacher_cams, size=tuple(heatmaps.shape[-2:]), percentile=percentile)  # [N,1,S,S]
+    ref = cam_masks(teacher_cams, size=tuple(heatmaps.shape[-2:]), percentile=percentile, phase=phase)  # [N,1,S,S]
     pred = heatmaps >= heat_threshold
     inter = (pred & ref).flatten(1).sum(1).float()
     union = (pred | ref).flatten(1).sum(1).float().clamp(min=1)

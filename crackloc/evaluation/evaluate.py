@@ -38,8 +38,9 @@ def paper_iou(teacher_path: Path | None, test: DecodedSplit, heatmaps: torch.Ten
     pos = test.labels > 0.5
     if teacher_path is None or not teacher_path.is_file() or not bool(pos.any()):
         return None
-    cams = teacher_cams(load_model(teacher_path)[0], test.images[pos])
-    return pseudo_mask_iou(heatmaps[pos], cams, percentile=percentile)
+    teacher = load_model(teacher_path)[0]
+    cams = teacher_cams(teacher, test.images[pos])
+    return pseudo_mask_iou(heatmaps[pos], cams, percentile=percentile, phase=teacher.cell_phase)
 
 
 def evaluate_run(run: str | Path | None = None, *, checkpoint: str | Path | None = None,

@@ -274,7 +274,7 @@ def _maps(predictor: Predictor, path: Path | str, image: torch.Tensor, stem: str
     rec = {"path": str(path), "crack_probability": round(pred.probability, 5),
            "crack": pred.probability >= predictor.threshold, "decision_threshold": predictor.threshold,
            "width": int(image.shape[2]), "height": int(image.shape[1]), "n_tiles": pred.n_tiles,
-           "heatmap": heatmap_stats(pred.heatmap)}
+           "scale": round(pred.scale, 4), "heatmap": heatmap_stats(pred.heatmap)}
     over = overlay(image, pred.heatmap)
     if geometry:
         from crackloc.inference.geometry import draw_geometry, measure_cracks

@@ -18,8 +18,10 @@ import torch
 
 from crackloc.config import InferenceConfig, from_dict
 from crackloc.errors import CracklocError
+from crackloc.inference.autoscale import auto_scale
 from crackloc.inference.tiling import predict_tiled
 from crackloc.models.checkpoint import load_model
+from crackloc.tensors import MAP_ALIGNMENT
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 BUNDLED_MODEL = ASSETS / "crackloc_resnet18.pt"
@@ -32,6 +34,7 @@ class Prediction:
     probability: float
     heatmap: torch.Tensor
     n_tiles: int
+    scale: float = 1.0  # the resize factor used (chosen per photo with `auto_scale`)
 
 
 def default_checkpoint() -> Path:
@@ -105,7 +108,8 @@ class Predictor:
         """The model exported for `cfg.tile` (cached by file content and baked-in settings)."""
         from crackloc.inference.export import OnnxPredictor, cached_onnx
 
-        settings = {"ahr_percentile": getattr(payload["model_config"], "ahr_percentile", None)}
+        settings = {"ahr_percentile": getattr(payload["model_config"], "ahr_percentile", None),
+                    "map_alignment": MAP_ALIGNMENT}
         path = cached_onnx(model, self.checkpoint, image_size=cfg.tile, settings=settings, cache=cache_dir)
         return OnnxPredictor(path)
 
@@ -113,14 +117,15 @@ class Predictor:
     def predict(self, image: torch.Tensor) -> Prediction:
         """uint8 [3,H,W] → Prediction (heatmap [H,W], probability = max over windows)."""
         cfg = self.cfg
-        res = predict_tiled(self.model, image, tile=cfg.tile, overlap=cfg.overlap, scale=cfg.scale,
+        scale = auto_scale(image) if cfg.auto_scale else cfg.scale
+        res = predict_tiled(self.model, image, tile=cfg.tile, overlap=cfg.overlap, scale=scale,
                             batch_size=cfg.batch_size, gate=cfg.gate, device=self.device,
                             amp_dtype=torch.bfloat16 if cfg.precision == "bf16" else None,
                             channels_last=cfg.precision == "bf16")
         if not math.isfinite(res.probability) or not bool(torch.isfinite(res.heatmap).all()):
             raise CracklocError(f"{self.checkpoint}: the model returned NaN or infinite values "
                                 "(damaged weights?)")
-        return Prediction(float(res.probability), res.heatmap.cpu(), len(res.tile_probs))
+        return Prediction(float(res.probability), res.heatmap.cpu(), len(res.tile_probs), scale=scale)
 
 
 def heatmap_stats(heatmap: torch.Tensor, *, threshold: float = 0.5) -> dict:

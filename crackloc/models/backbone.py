@@ -42,6 +42,7 @@ class BackboneSpec:
     hub_files: tuple[str, ...] = ()  # ImageNet weight files 'auto' looks for in the torch hub cache
     weights_env: str | None = None  # environment variable naming a weights file ('auto' prefers it)
     key_map: KeyMap | None = None  # published file's keys → this backbone's state-dict keys
+    cell_phase: float = 0.0  # cell i of a stride-s map sits on pixel s·i + phase·(s−1) (see tensors.upsample_cells)
 
     @property
     def deepest(self) -> str:
@@ -77,6 +78,7 @@ class Backbone(nn.Module):
         self.channels = [spec.stages[s][0] for s in self.scales]
         self.strides = [min(spec.stages[s][1], output_stride) for s in self.scales]
         self.mean, self.std = spec.mean, spec.std
+        self.cell_phase = spec.cell_phase
         self.pretrained_source = "none"
 
     def stage(self, name: str) -> nn.Module:
@@ -201,6 +203,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         hub_files=("efficientnet-lite0-57934424.pth",),
         weights_env="CRACKLOC_LITE0_WEIGHTS",
         key_map=lukemelas_lite0_keys,
+        cell_phase=0.75,  # TF "same" pads bottom/right (a stride-2 window on 2i..2i+2); its gradient centroid: 0.4–0.9
     ),
 }
 

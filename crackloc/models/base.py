@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from crackloc.tensors import nominal_stride, upsample_cells
 
 
 class LocalizationModel(nn.Module):
     """Base class: input RGB in [0,1] → `(logits [B], heatmap [B,1,H,W] in [0,1])`.
 
     Subclasses implement `forward_lowres`, returning the heatmap on the model's own grid
-    (e.g. 14×14); `forward` upsamples it bilinearly to the input size. Normalisation of the
+    (e.g. 14×14); `forward` upsamples it bilinearly to the input size, each cell over the pixels
+    it describes (`cell_phase`, see `crackloc.tensors.upsample_cells`). Normalisation of the
     input (mean/std) happens inside the model, so callers pass plain [0,1] images.
     """
 
     uses_pseudo_masks: bool = False  # class default: trained with the L1 term against pseudo masks
     pseudo_source: str = "cam"  # which pseudo masks: 'cam' (teacher CAM, p95) | 'ddt' (DDT co-localisation)
+    cell_phase: float = 0.0  # where a map cell sits in its stride (0: torchvision CNNs; models on a backbone copy its)
 
     def __init__(self, *, mean: tuple[float, ...], std: tuple[float, ...],
                  uses_pseudo_masks: bool | None = None) -> None:
@@ -37,7 +40,9 @@ class LocalizationModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, low = self.forward_lowres(x)  # [B], [B,1,h,w]
-        heatmap = F.interpolate(low.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        size = tuple(x.shape[-2:])
+        heatmap = upsample_cells(low.float(), size, stride=nominal_stride(size[0], low.shape[-2]),
+                                 phase=self.cell_phase)  # [B,1,H,W]
         return logits.float(), heatmap.clamp(0.0, 1.0)  # [B], [B,1,H,W]
 
 

@@ -83,7 +83,7 @@ def blackhat_response(g: torch.Tensor, *, width: float) -> torch.Tensor:
     return torch.stack([grey_closing(g, _odd(k * width)) - g for k in BLACKHAT_WINDOWS]).amax(dim=0).clamp(min=0)
 
 
-def _gauss_kernels(sigma: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def gauss_kernels(sigma: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """1-D Gaussian and its first and second derivatives, radius 3σ: each [K]."""
     r = max(1, math.ceil(3 * sigma))
     t = torch.arange(-r, r + 1, dtype=torch.float32)
@@ -92,7 +92,7 @@ def _gauss_kernels(sigma: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return g, -t / sigma**2 * g, (t**2 - sigma**2) / sigma**4 * g
 
 
-def _sep(x: torch.Tensor, ky: torch.Tensor, kx: torch.Tensor) -> torch.Tensor:
+def separable(x: torch.Tensor, ky: torch.Tensor, kx: torch.Tensor) -> torch.Tensor:
     """Separable convolution of [B,1,H,W] (rows by ky, columns by kx), reflect padding."""
     r = (len(ky) - 1) // 2
     x = F.pad(x, (r, r, r, r), mode="replicate")
@@ -100,15 +100,19 @@ def _sep(x: torch.Tensor, ky: torch.Tensor, kx: torch.Tensor) -> torch.Tensor:
     return F.conv2d(x, kx.view(1, 1, 1, -1).to(x))
 
 
+def line_response(g: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Dark-line strength at scale σ, σ²·max(λ_max, 0) of the Hessian: [B,1,H,W] → [B,1,H,W]."""
+    g0, g1, g2 = gauss_kernels(sigma)
+    ixx, iyy, ixy = separable(g, g0, g2), separable(g, g2, g0), separable(g, g1, g1)  # [B,1,H,W] each
+    lam = (ixx + iyy) / 2 + torch.sqrt(((ixx - iyy) / 2) ** 2 + ixy**2)  # largest eigenvalue
+    return sigma**2 * lam.clamp(min=0)
+
+
 def ridge_response(g: torch.Tensor, *, width: float) -> torch.Tensor:
     """Dark-line strength: max over σ of σ²·max(λ_max, 0) of the Hessian: [B,1,H,W] → [B,1,H,W]."""
     out = torch.zeros_like(g)
     for k in RIDGE_SIGMAS:
-        sigma = max(0.5, k * width)
-        g0, g1, g2 = _gauss_kernels(sigma)
-        ixx, iyy, ixy = _sep(g, g0, g2), _sep(g, g2, g0), _sep(g, g1, g1)  # [B,1,H,W] each
-        lam = (ixx + iyy) / 2 + torch.sqrt(((ixx - iyy) / 2) ** 2 + ixy**2)  # largest eigenvalue
-        out = torch.maximum(out, sigma**2 * lam.clamp(min=0))
+        out = torch.maximum(out, line_response(g, max(0.5, k * width)))
     return out
 
 

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crackloc.tensors import nominal_stride, upsample_cells
+
 
 def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """[B,C,h,w] → [B,C,*size]: area pooling when shrinking, bilinear when growing."""
@@ -14,6 +16,26 @@ def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
         return F.adaptive_avg_pool2d(x, size)
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def align_to(x: torch.Tensor, size: tuple[int, int], *, phase: float = 0.0) -> torch.Tensor:
+    """[B,C,h,w] → [B,C,*size] on the same pixels: every output cell describes the pixels its own
+    stride puts it on (`crackloc.tensors.upsample_cells`).
+
+    Shrinking by k: a centred (2·⌊k/2⌋+1)² box mean, read at source cell k·j + phase·(k−1).
+    Growing by k: bilinear, target cell j reading source cell (j − phase·(k−1)) / k.
+    """
+    h = x.shape[-2]
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if h > size[0]:
+        k = nominal_stride(h, size[0])
+        r = k // 2
+        smooth = F.avg_pool2d(x, 2 * r + 1, stride=1, padding=r, count_include_pad=False)  # [B,C,h,w]
+        iy, ix = (torch.clamp(torch.arange(n) * k + round(phase * (k - 1)), max=m - 1).to(x.device)
+                  for n, m in zip(size, x.shape[-2:], strict=True))
+        return smooth.index_select(-2, iy).index_select(-1, ix)
+    return upsample_cells(x, size, stride=nominal_stride(size[0], h), phase=phase)
 
 
 class SqueezeExcite(nn.Module):
@@ -39,9 +61,9 @@ class MultiScaleFusion(nn.Module):
     """
 
     def __init__(self, in_channels: list[int], *, mode: str = "attention", out_channels: int = 512,
-                 reduction: int = 16) -> None:
+                 reduction: int = 16, phase: float = 0.0) -> None:
         super().__init__()
-        self.mode = mode
+        self.mode, self.phase = mode, phase
         if mode == "none":
             self.out_channels = in_channels[-1]
             return
@@ -57,5 +79,5 @@ class MultiScaleFusion(nn.Module):
         """[F_s [B,C_s,h_s,w_s]] → F_fused [B,C_out,*size] (`none`: the deepest map as it is)."""
         if self.mode == "none":
             return feats[-1]
-        x = torch.cat([resize_to(f, size) for f in feats], dim=1)  # [B,ΣC_s,h,w]
+        x = torch.cat([align_to(f, size, phase=self.phase) for f in feats], dim=1)  # [B,ΣC_s,h,w]
         return self.se(self.project(x))  # [B,C_out,h,w]

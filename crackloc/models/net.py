@@ -29,10 +29,11 @@ class CrackLocNet(LocalizationModel):
         backbone = build_backbone(cfg.backbone, scales=cfg.scales, output_stride=cfg.output_stride,
                                   pretrained=cfg.pretrained)
         super().__init__(mean=backbone.mean, std=backbone.std, uses_pseudo_masks=cfg.uses_pseudo_masks)
+        self.cell_phase = backbone.cell_phase
         self.cfg = cfg
         self.backbone = backbone
         self.fusion = MultiScaleFusion(backbone.channels, mode=cfg.fusion, out_channels=cfg.fused_channels,
-                                       reduction=cfg.se_reduction)
+                                       reduction=cfg.se_reduction, phase=backbone.cell_phase)
         channels = self.fusion.out_channels
         self.ahr = (AdaptiveHeatmapRefinement(channels, percentile=cfg.ahr_percentile, norm=cfg.heatmap_norm)
                     if cfg.ahr else None)

@@ -4,7 +4,9 @@ Encoder: the backbone's four stages (ResNet-18: strides 4, 8, 16, 32), initialis
 stage-1 model file (`ModelConfig.init_from`) or ImageNet weights. Decoder: an FPN-style
 top-down path to stride 4, then to stride 2 where it meets a small full-resolution branch on the
 image itself (thin cracks are 1–3 px wide: the stem's stride 4 alone would blur them), and a
-1×1 head: the crack map at stride 2, upsampled bilinearly to the input. The image-level logit
+1×1 head: the crack map at stride 2, upsampled bilinearly to the input. Every resampling keeps a
+cell over the pixels it describes (`crackloc.tensors.upsample_cells`), so thin cracks are not
+drawn a few pixels off. The image-level logit
 is GAP → FC on the deepest stage (the stage-1 classifier's head, so decisions start where
 stage 1 left them).
 
@@ -15,7 +17,6 @@ gives the map's logits at input resolution for the pixel loss.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from crackloc.config import ModelConfig
@@ -23,6 +24,7 @@ from crackloc.models.backbone import build_backbone
 from crackloc.models.base import LocalizationModel
 from crackloc.models.heads import CamHead
 from crackloc.models.registry import register
+from crackloc.tensors import upsample_cells
 
 DECODER_CHANNELS = 64
 FINE_CHANNELS = 16
@@ -45,6 +47,7 @@ class CrackSegNet(LocalizationModel):
         backbone = build_backbone(cfg.backbone, scales=list(_all_stages(cfg.backbone)), output_stride=32,
                                   pretrained=cfg.pretrained)
         super().__init__(mean=backbone.mean, std=backbone.std, uses_pseudo_masks=cfg.uses_pseudo_masks)
+        self.encoder_phase = backbone.cell_phase  # the output map is on the fine branch's grid (phase 0)
         self.cfg = cfg
         self.backbone = backbone
         d = DECODER_CHANNELS
@@ -61,17 +64,19 @@ class CrackSegNet(LocalizationModel):
         xn = self.normalize(x)
         feats = self.backbone(xn)  # strides 4, 8, 16, 32
         top = self.lateral[-1](feats[-1])
+        p = self.encoder_phase
         for lat, f in zip(reversed(self.lateral[:-1]), reversed(feats[:-1]), strict=True):
-            top = lat(f) + F.interpolate(top, size=f.shape[-2:], mode="bilinear", align_corners=False)
-        fine = self.fine(xn)  # [B,16,H/2,W/2]
-        up = F.interpolate(self.smooth(top), size=fine.shape[-2:], mode="bilinear", align_corners=False)
+            top = lat(f) + upsample_cells(top, tuple(f.shape[-2:]), stride=2, phase=p)  # cells stay on their pixels
+        fine = self.fine(xn)  # [B,16,H/2,W/2], cell j on pixel 2j
+        # stride-4 cell i sits on pixel 4i + 3p, i.e. fine cell 2i + 1.5p
+        up = upsample_cells(self.smooth(top), tuple(fine.shape[-2:]), stride=2, phase=1.5 * p)
         logits_map = self.head(self.fuse(torch.cat([up, fine], dim=1)))  # [B,1,H/2,W/2]
         return self.fc.logits(feats[-1]), logits_map
 
     def forward_dense(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B,3,H,W] → (image logits [B], map logits [B,1,H,W]) for the pixel loss."""
         logits, low = self._decode(x)
-        return logits, F.interpolate(low.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits, upsample_cells(low.float(), tuple(x.shape[-2:]), stride=2)  # [B,1,H,W]
 
     def forward_lowres(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, low = self._decode(x)

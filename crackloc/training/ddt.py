@@ -16,12 +16,11 @@ may start from random init, so the teacher's fine-tuned features are the usable 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from crackloc.errors import CracklocError
-from crackloc.models.fusion import resize_to
-from crackloc.tensors import autocast_for, to_input
+from crackloc.models.fusion import align_to
+from crackloc.tensors import autocast_for, nominal_stride, to_input, upsample_cells
 
 
 @torch.no_grad()
@@ -64,14 +63,14 @@ def ddt_projection(teacher: torch.nn.Module, images: torch.Tensor, mean: torch.T
 
 
 def ddt_pseudo_masks(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
-                     grid: tuple[int, int], negatives: str = "zeros", batch_size: int = 64,
+                     grid: tuple[int, int], phase: float = 0.0, negatives: str = "zeros", batch_size: int = 64,
                      precision: str = "bf16", progress: bool = True) -> torch.Tensor:
     """DDT pseudo maps for the PSOL regressor.
 
     Args:
         teacher: a model with `features(x)` → [B,C,h,w] (the CAM teacher).
         images: uint8 [N,3,S,S]; labels: [N] in {0,1} (statistics use the positives only).
-        grid: the student's heatmap grid (h, w).
+        grid: the student's heatmap grid (h, w); phase: the student's `cell_phase`.
         negatives: 'zeros' gives crack-free images an empty map; 'cam' keeps their DDT map.
     Returns:
         float16 [N,1,h,w] in [0,1]: the fraction of each cell where the projection is positive.
@@ -86,7 +85,9 @@ def ddt_pseudo_masks(teacher: torch.nn.Module, images: torch.Tensor, labels: tor
         proj = -proj
     binary = (proj > 0).float()  # [N,1,h',w']
     size = tuple(images.shape[-2:])
-    masks = torch.cat([resize_to(F.interpolate(part, size=size, mode="nearest"), grid)  # [n,1,h,w]
+    stride, teacher_phase = nominal_stride(size[0], binary.shape[-2]), getattr(teacher, "cell_phase", 0.0)
+    masks = torch.cat([align_to((upsample_cells(part, size, stride=stride, phase=teacher_phase) >= 0.5).float(),
+                                grid, phase=phase)  # [n,1,h,w], cells kept on their pixels
                        for part in binary.split(256)])
     if negatives == "zeros":
         masks[~pos] = 0.0

@@ -1,13 +1,13 @@
-"""Teacher pseudo masks: CAM → per-image percentile → binary → area-pooled to the student grid."""
+"""Teacher pseudo masks: CAM → per-image percentile → binary → box-pooled onto the student grid."""
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
+from crackloc.models.fusion import align_to
 from crackloc.models.refine import percentile_threshold
-from crackloc.tensors import autocast_for, to_input
+from crackloc.tensors import autocast_for, nominal_stride, to_input, upsample_cells
 
 
 @torch.no_grad()
@@ -29,15 +29,16 @@ def teacher_cams(teacher: torch.nn.Module, images: torch.Tensor, *, batch_size: 
     return torch.cat(out)
 
 
-def cam_masks(cams: torch.Tensor, *, size: tuple[int, int], percentile: float) -> torch.Tensor:
-    """CAMs [N,1,h,w] → bool masks [N,1,*size]: upsampled, cut at the per-image percentile."""
-    cams = F.interpolate(cams.float(), size=size, mode="bilinear", align_corners=False)
+def cam_masks(cams: torch.Tensor, *, size: tuple[int, int], percentile: float, phase: float = 0.0) -> torch.Tensor:
+    """CAMs [N,1,h,w] → bool masks [N,1,*size]: upsampled (cells kept on their pixels, `phase` of
+    the teacher's backbone), cut at the per-image percentile."""
+    cams = upsample_cells(cams.float(), size, stride=nominal_stride(size[0], cams.shape[-2]), phase=phase)
     return cams >= percentile_threshold(cams, percentile)
 
 
 @torch.no_grad()
 def pseudo_masks(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
-                 grid: tuple[int, int], percentile: float = 95.0, negatives: str = "zeros",
+                 grid: tuple[int, int], phase: float = 0.0, percentile: float = 95.0, negatives: str = "zeros",
                  batch_size: int = 64, precision: str = "bf16", progress: bool = True) -> torch.Tensor:
     """Pseudo ground truth for the student's L1 term.
 
@@ -45,6 +46,7 @@ def pseudo_masks(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.T
         teacher: a CAM model with `raw_cam(x)`.
         images: uint8 [N,3,S,S]; labels: [N] in {0,1}.
         grid: the student's heatmap grid (h, w), e.g. (14, 14) at 224 px and stride 16.
+        phase: the student's `cell_phase` (where its cells sit; the teacher's comes from the teacher).
         percentile: the CAM is cut at this per-image percentile (paper: 95).
         negatives: 'zeros' gives crack-free images an empty mask; 'cam' treats them alike.
         precision: 'bf16' (autocast) or '32' for the teacher's CAM pass (`train.precision`).
@@ -54,8 +56,11 @@ def pseudo_masks(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.T
     cams = teacher_cams(teacher, images, batch_size=batch_size, channels_last=True, precision=precision,
                         progress=progress)
     size = tuple(images.shape[-2:])
-    masks = torch.cat([F.adaptive_avg_pool2d(cam_masks(c, size=size, percentile=percentile).float(), grid)
-                       for c in cams.split(batch_size)])  # [N,1,h,w]; chunks bound the S×S masks
+    teacher_phase = getattr(teacher, "cell_phase", 0.0)
+    # each student cell gets the mask fraction around the pixel it sits on (align_to), chunks bound S×S masks
+    masks = torch.cat([align_to(cam_masks(c, size=size, percentile=percentile, phase=teacher_phase).float(), grid,
+                                phase=phase)
+                       for c in cams.split(batch_size)])  # [N,1,h,w]
     if negatives == "zeros":
         masks[labels < 0.5] = 0.0
     return masks.half()

@@ -46,7 +46,7 @@ from crackloc.errors import CracklocError
 from crackloc.io import save_torch, write_json
 from crackloc.models.checkpoint import load_model, save_model
 from crackloc.models.registry import build_model
-from crackloc.tensors import predict_batches
+from crackloc.tensors import MAP_ALIGNMENT, predict_batches
 from crackloc.training.ddt import ddt_pseudo_masks
 from crackloc.training.fit import Ranks, fit_model, per_device_batch
 from crackloc.training.pseudo import pseudo_masks
@@ -166,13 +166,16 @@ def train_teacher(cfg: RunConfig, out: Path, splits: dict[str, DecodedSplit], *,
     return teacher
 
 
-def _cached(path: Path | None, train: DecodedSplit, source: str, grid: tuple[int, int]) -> torch.Tensor | None:
-    """The masks in a pseudo-mask cache file if it was made for these images, source and grid."""
+def _cached(path: Path | None, train: DecodedSplit, source: str, grid: tuple[int, int],
+            phase: float) -> torch.Tensor | None:
+    """The masks in a pseudo-mask cache file if it was made for these images, source, grid and cell
+    alignment (files from before `MAP_ALIGNMENT` are remade)."""
     if path is None or not path.is_file():
         return None
     cached = torch.load(path, map_location="cpu", weights_only=True)
     fits = (cached["paths"] == train.paths and cached.get("source", "cam") == source
-            and tuple(cached["masks"].shape[-2:]) == tuple(grid))
+            and tuple(cached["masks"].shape[-2:]) == tuple(grid) and cached.get("alignment") == MAP_ALIGNMENT
+            and cached.get("phase") == phase)
     return cached["masks"] if fits else None
 
 
@@ -185,7 +188,7 @@ def stage2_labels(cfg: RunConfig, train: DecodedSplit, *, progress: bool) -> tor
 
 
 def cached_pseudo_masks(cfg: RunConfig, out: Path, teacher: torch.nn.Module | None, train: DecodedSplit, *,
-                        source: str, grid: tuple[int, int], shared: Path | None = None,
+                        source: str, grid: tuple[int, int], phase: float = 0.0, shared: Path | None = None,
                         progress: bool) -> torch.Tensor:
     """Pseudo masks ('cam': teacher CAM, 'ddt': DDT maps, 'refined': stage-2 pixel labels), made once.
 
@@ -195,7 +198,7 @@ def cached_pseudo_masks(cfg: RunConfig, out: Path, teacher: torch.nn.Module | No
     path = out / "pseudo_masks.pt"
     keyed = shared / f"pseudo_{source}_{grid[0]}x{grid[1]}.pt" if shared else None
     for candidate in (path, keyed):
-        masks = _cached(candidate, train, source, grid)
+        masks = _cached(candidate, train, source, grid, phase)
         if masks is not None:
             if candidate != path:
                 link_file(candidate, path)
@@ -203,14 +206,15 @@ def cached_pseudo_masks(cfg: RunConfig, out: Path, teacher: torch.nn.Module | No
     if source == "refined":
         masks = stage2_labels(cfg, train, progress=progress)
     elif source == "ddt":
-        masks = ddt_pseudo_masks(teacher, train.images, train.labels, grid=grid,
+        masks = ddt_pseudo_masks(teacher, train.images, train.labels, grid=grid, phase=phase,
                                  negatives=cfg.train.negative_pseudo, precision=cfg.train.precision,
                                  progress=progress)
     else:
-        masks = pseudo_masks(teacher, train.images, train.labels, grid=grid, percentile=cfg.train.pseudo_percentile,
-                             negatives=cfg.train.negative_pseudo, precision=cfg.train.precision,
+        masks = pseudo_masks(teacher, train.images, train.labels, grid=grid, phase=phase,
+                             percentile=cfg.train.pseudo_percentile, negatives=cfg.train.negative_pseudo, precision=cfg.train.precision,
                              progress=progress)
-    save_torch(path, {"paths": train.paths, "masks": masks, "source": source})
+    save_torch(path, {"paths": train.paths, "masks": masks, "source": source, "alignment": MAP_ALIGNMENT,
+                      "phase": phase})
     if keyed is not None:
         link_file(path, keyed)
     return masks
@@ -297,7 +301,8 @@ def _train_pipeline(cfg: RunConfig, out: Path, splits: dict[str, DecodedSplit], 
     if source is not None:
         if ranks.is_zero:  # rank 0 makes (or reuses) and saves them; the others get the same tensor
             pseudo = cached_pseudo_masks(cfg, out, teacher, splits["train"], source=source, grid=grid,
-                                         shared=shared if shared != out else None, progress=progress)
+                                         phase=student.cell_phase, shared=shared if shared != out else None,
+                                         progress=progress)
         pseudo = ranks.broadcast(pseudo)
     model = fit_model(cfg.model, cfg.train, splits["train"], splits["val"], ckpt_dir=out / "checkpoints/student",
                       csv_path=out / "student_epochs.csv", epochs=cfg.train.epochs, pseudo=pseudo,

@@ -218,6 +218,7 @@ class MappedPhoto:
     cfg: InferenceConfig
     seconds: float = 0.0
     grayscale: bool = False
+    scale: float = 1.0  # the resize factor the model saw (cfg.scale, or chosen per photo with auto_scale)
     cached: bool = False  # True when served from the cache (no model run)
     _preview: list = field(default_factory=list, repr=False)  # shared by copies of a cached photo
 
@@ -322,7 +323,7 @@ def summary(photo: MappedPhoto, report: CrackReport, threshold: float) -> str:
         f"(decision threshold {photo.decision_threshold:.3f}, from the model file)",
         cracks,
         f"{photo.name} · {photo.width}×{photo.height} px · {photo.n_tiles} tiles of {cfg.tile} px at "
-        f"scale {cfg.scale:g} · mapped in {photo.seconds:.1f} s",
+        f"scale {photo.scale:.3g} · mapped in {photo.seconds:.1f} s",
     ])
 
 
@@ -357,7 +358,7 @@ def predict_record(path: str, photo: MappedPhoto, stem: str, report: CrackReport
     rec: dict[str, Any] = {
         "path": path, "crack_probability": round(photo.probability, 5), "crack": photo.crack,
         "decision_threshold": photo.decision_threshold, "width": photo.width, "height": photo.height,
-        "n_tiles": photo.n_tiles, "heatmap": heatmap_stats(photo.heatmap, threshold=map_threshold)}
+        "n_tiles": photo.n_tiles, "scale": round(photo.scale, 4), "heatmap": heatmap_stats(photo.heatmap, threshold=map_threshold)}
     if report is not None:
         rec["geometry"] = report.to_dict()
     rec.update(png_names(stem))
@@ -554,7 +555,8 @@ class PhotoMapper:
         self.seconds_per_tile = 0.5 * self.seconds_per_tile + 0.5 * seconds / max(pred.n_tiles, 1)
         photo = MappedPhoto(key=key, name=name, image=image, heatmap=pred.heatmap.float(),
                             probability=pred.probability, decision_threshold=predictor.threshold,
-                            n_tiles=pred.n_tiles, cfg=cfg, seconds=seconds, grayscale=grayscale)
+                            n_tiles=pred.n_tiles, cfg=cfg, seconds=seconds, grayscale=grayscale,
+                            scale=pred.scale)
         if keep:
             self._photos.put(key, photo)
         return photo

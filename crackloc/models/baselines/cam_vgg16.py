@@ -28,6 +28,7 @@ class CamVGG16(LocalizationModel):
         from torchvision.models import vgg16
 
         super().__init__(mean=IMAGENET_MEAN, std=IMAGENET_STD, uses_pseudo_masks=cfg.uses_pseudo_masks)
+        self.cell_phase = 0.5  # 2×2 pools / 16×16 patches: a cell is centred on the pixels it pools
         self.cfg = cfg
         self.features = vgg16(weights=None).features[:LAST_POOL]  # keeps torchvision's indices
         self.fc = CamHead(512)

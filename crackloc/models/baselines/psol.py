@@ -37,6 +37,7 @@ class PSOLNet(LocalizationModel):
         backbone = build_backbone(cfg.backbone, scales=[backbone_spec(cfg.backbone).deepest],
                                   output_stride=PSOL_STRIDE, pretrained=cfg.pretrained)
         super().__init__(mean=backbone.mean, std=backbone.std, uses_pseudo_masks=cfg.uses_pseudo_masks)
+        self.cell_phase = backbone.cell_phase
         self.cfg = cfg
         self.backbone = backbone
         channels = backbone.channels[-1]

@@ -53,6 +53,7 @@ class TSCAM(LocalizationModel):
 
         os.environ["HF_HUB_OFFLINE"] = "1"
         super().__init__(mean=IMAGENET_MEAN, std=IMAGENET_STD, uses_pseudo_masks=cfg.uses_pseudo_masks)
+        self.cell_phase = 0.5  # 2×2 pools / 16×16 patches: a cell is centred on the pixels it pools
         self.cfg = cfg
         self.vit = timm.create_model(VIT_NAME, pretrained=False, num_classes=0, dynamic_img_size=True)
         # 'auto': nothing is cached for DeiT-Tiny → random init (with a warning)

@@ -53,6 +53,7 @@ class WSOLCrack(LocalizationModel):
         backbone = build_backbone(cfg.backbone, scales=[backbone_spec(cfg.backbone).deepest],
                                   output_stride=cfg.output_stride, pretrained=cfg.pretrained)
         super().__init__(mean=backbone.mean, std=backbone.std, uses_pseudo_masks=cfg.uses_pseudo_masks)
+        self.cell_phase = backbone.cell_phase
         self.cfg = cfg
         self.net = ResidualClassifier(backbone)
 
