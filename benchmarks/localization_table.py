@@ -7,7 +7,7 @@ images and scores the 88 test images at it. Prints a Markdown table and writes J
 
     python -m benchmarks.localization_table --data ../shared/data/crackforest \
         --model stage1=crackloc/assets/crackloc_resnet18.pt --model stage2=RUN/model.pt \
-        --scales 1,2,4,6 --out docs/results/localization_table
+        --scales 1,2,4,6,auto --out docs/results/localization_table
 """
 
 from __future__ import annotations
@@ -38,17 +38,23 @@ def make_predictor(source: str, cfg: InferenceConfig) -> Predictor:
     return Predictor(source, cfg)
 
 
-def choose_on_dev(source: str, ds: MaskDataset, dev: list[str], *, scales: list[float],
+def settings(scale: str, gate: bool) -> InferenceConfig:
+    """`scale` is a number or 'auto' (`InferenceConfig.auto_scale`: chosen per image from its crack width)."""
+    if scale == "auto":
+        return InferenceConfig(auto_scale=True, gate=gate)
+    return InferenceConfig(scale=float(scale), gate=gate)
+
+
+def choose_on_dev(source: str, ds: MaskDataset, dev: list[str], *, scales: list[str],
                   gates: list[bool]) -> tuple[InferenceConfig, list[dict]]:
     """The (scale, gate) with the best dev PxAP, and every dev result."""
     tried = []
     for scale, gate in itertools.product(scales, gates):
-        cfg = InferenceConfig(scale=scale, gate=gate)
-        res = score_folder(make_predictor(source, cfg), ds, dev, tolerance=2)
+        res = score_folder(make_predictor(source, settings(scale, gate)), ds, dev, tolerance=2)
         tried.append({"scale": scale, "gate": gate, "dev_pxap": res["pxap"], "dev_best_f1": res["best_f1"]})
         print(json.dumps({"row": source, **tried[-1]}), flush=True)
     best = max(tried, key=lambda r: r["dev_pxap"])
-    return InferenceConfig(scale=best["scale"], gate=best["gate"]), tried
+    return settings(best["scale"], best["gate"]), tried
 
 
 def main() -> None:
@@ -56,23 +62,30 @@ def main() -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--model", action="append", default=[], help="NAME=MODEL_FILE (repeat)")
     p.add_argument("--floors", default=",".join(FLOORS))
-    p.add_argument("--scales", default="1,2,4,6", help="scales tried on dev for the model files")
+    p.add_argument("--scales", default="1,2,4,6", help="scales tried on dev for the model files ('auto': "
+                   "--auto-scale)")
     p.add_argument("--floor-scales", default="1", help="scales tried on dev for the floors")
+    p.add_argument("--gates", default="off,on", help="gate settings tried on dev for the model files")
+    p.add_argument("--floor-gates", default="off,on", help="gate settings tried on dev for the floors")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     warnings.filterwarnings("ignore")
     ds = MaskDataset(a.data)
     dev, test = fixed_partition(ds.stems)
-    rows = [(f"{n} (training-free)", f"floor:{n}", [float(s) for s in a.floor_scales.split(",")])
+    def gates(text: str) -> list[bool]:
+        return [{"off": False, "on": True}[g] for g in text.split(",")]
+
+    rows = [(f"{n} (training-free)", f"floor:{n}", a.floor_scales.split(","), gates(a.floor_gates))
             for n in a.floors.split(",") if n]
-    rows += [(name, path, [float(s) for s in a.scales.split(",")]) for name, path in (m.split("=", 1) for m in a.model)]
+    rows += [(name, path, a.scales.split(","), gates(a.gates)) for name, path in (m.split("=", 1) for m in a.model)]
     out, results = Path(a.out), []
-    for label, source, scales in rows:
+    for label, source, scales, row_gates in rows:
         t0 = time.time()
-        cfg, tried = choose_on_dev(source, ds, dev, scales=scales, gates=[False, True])
+        cfg, tried = choose_on_dev(source, ds, dev, scales=scales, gates=row_gates)
         m = evaluate_localization(make_predictor(source, cfg), a.data, out / label.split()[0],
                                   partition=(dev, test), progress=False, n_overlays=3)
-        results.append({"row": label, "source": source, "scale": cfg.scale, "gate": cfg.gate, "dev": tried,
+        results.append({"row": label, "source": source, "scale": "auto" if cfg.auto_scale else cfg.scale,
+                        "gate": cfg.gate, "dev": tried,
                          "seconds": round(time.time() - t0, 1),
                          **{k: m[k] for k in ("pxap", "f1", "iou", "ods_f1", "ois_f1", "threshold",
                                               "width_error_px_median", "width_error_px_p90", "n_dev", "n_test")}})
@@ -81,7 +94,7 @@ def main() -> None:
     def f(x, d=3):
         return "—" if x is None else f"{x:.{d}f}"
 
-    print(table([[r["row"], f"{r['scale']:g}", "on" if r["gate"] else "off", f(r["pxap"]), f(r["f1"]),
+    print(table([[r["row"], str(r["scale"]), "on" if r["gate"] else "off", f(r["pxap"]), f(r["f1"]),
                   f(r["iou"]), f(r["ods_f1"]), f(r["ois_f1"]), f(r["width_error_px_median"], 2),
                   f(r["width_error_px_p90"], 2)] for r in results],
                 ["map", "scale (dev)", "gate (dev)", "PxAP", "F1 (2 px, dev thr.)", "IoU", "ODS F1", "OIS F1",

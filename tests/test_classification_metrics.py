@@ -5,6 +5,7 @@ from crackloc.evaluation.classification import (
     classification_metrics,
     pseudo_mask_iou,
 )
+from crackloc.tensors import upsample_cells
 from crackloc.training.threshold import choose_threshold
 
 PROBS = torch.tensor([0.9, 0.8, 0.3, 0.6, 0.1])
@@ -30,7 +31,7 @@ def test_threshold_choice_maximises_f1():
 def test_pseudo_iou_of_identical_maps_is_one():
     cam = torch.zeros(2, 1, 4, 4)
     cam[:, :, 1, 1] = 5.0
-    heat = torch.nn.functional.interpolate(cam, size=(8, 8), mode="bilinear", align_corners=False)
+    heat = upsample_cells(cam, (8, 8), stride=2)  # the teacher's cells on their pixels, as cam_masks reads them
     ref = heat >= torch.quantile(heat.flatten(1), 0.95, dim=1).view(-1, 1, 1, 1)
     out = pseudo_mask_iou(ref.float(), cam, heat_threshold=0.5, percentile=95.0)
     assert out["iou_vs_teacher_pseudo_mean"] == pytest.approx(1.0)

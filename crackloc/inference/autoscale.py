@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from crackloc.models.filters import grey, line_response
 
-TRAIN_CRACK_WIDTH = 12.0  # px at 224 px; median over Özgenel crack patches (benchmarks/crack_widths.py)
+TRAIN_CRACK_WIDTH = 14.3  # px at 224 px: median over 145 Özgenel training crack patches (quartiles 10.1–17.0), benchmarks/crack_widths.py
 WORK_SIDE = 1024  # the estimate runs on a copy at most this many px on its longer side
 SIGMAS = tuple(0.75 * 2 ** (k / 4) for k in range(21))  # 0.75 … 24 px at the working size
 TOP_FRACTION = 0.005  # pixels with the strongest line response that vote
