@@ -53,11 +53,15 @@ def main() -> None:
         photo = make_photo(Path(tmp) / "photo.jpg", ASSETS / "sample_photo.jpg")
         image = rgb_to_tensor(load_rgb(photo))
         preds = {k: Predictor(v, InferenceConfig()) for k, v in files.items()}
-        secs = interleaved({k: (lambda p=p: p.predict(image)) for k, p in preds.items()}, rounds=a.rounds,
-                           warmup=1)
+        tiles: dict[str, int] = {}
+
+        def run(name: str) -> None:
+            tiles[name] = preds[name].predict(image).n_tiles
+
+        secs = interleaved({k: (lambda k=k: run(k)) for k in preds}, rounds=a.rounds, warmup=1)
         peaks = {k: peak_gb(v, photo) for k, v in files.items()}
     print(f"CPU: {cpu_model()}")
-    print(f"photo 4032×3024, {preds['stage 1'].predict(image).n_tiles} tiles of 224 px, bf16; "
+    print(f"photo 4032×3024, {tiles['stage 1']} tiles of 224 px, bf16; "
           f"median of {a.rounds} interleaved rounds")
     for k in files:
         print(f"{k}: {secs[k]:.2f} s per photo, peak resident memory {peaks[k]:.2f} GB ({files[k]})")

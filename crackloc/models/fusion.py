@@ -9,15 +9,6 @@ from torch import nn
 from crackloc.tensors import nominal_stride, upsample_cells
 
 
-def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[B,C,h,w] → [B,C,*size]: area pooling when shrinking, bilinear when growing."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
-        return F.adaptive_avg_pool2d(x, size)
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
 def align_to(x: torch.Tensor, size: tuple[int, int], *, phase: float = 0.0) -> torch.Tensor:
     """[B,C,h,w] → [B,C,*size] on the same pixels: every output cell describes the pixels its own
     stride puts it on (`crackloc.tensors.upsample_cells`).
