@@ -25,11 +25,14 @@ BackboneName = Literal["resnet18", "lite0"]
 FusionMode = Literal["none", "concat", "attention"]
 HeatmapNorm = Literal["max", "sigmoid"]
 NegativePseudo = Literal["zeros", "cam"]
+L1Map = Literal["refined", "uncut"]
+PseudoTarget = Literal["binary", "soft"]
 Precision = Literal["bf16", "32"]
 Backend = Literal["torch", "onnx"]
 Strategy = Literal["auto", "ddp", "ddp_spawn"]  # Lightning strategies a run may use (docs/scale.md)
 PresetName = Literal["paper", "quick", "tiny"]
 SelectBy = Literal["val_auroc", "val_loss", "last"]
+LrSchedule = Literal["constant", "cosine"]
 
 
 @dataclass
@@ -48,6 +51,9 @@ class ModelConfig:
     ahr: bool = True  # spatial attention + percentile threshold
     ahr_percentile: float = 90.0
     heatmap_norm: HeatmapNorm = "max"  # max (per-image max → 1, as the paper) | sigmoid (absolute)
+    # Which map the L1 term sees in training: the AHR output after its percentile cut (the paper:
+    # cells below the cut get no gradient) or the uncut normalised CAM (the fixed student).
+    l1_map: L1Map = "refined"
     # Train with the L1 term against pseudo masks; None = the registered model's own default
     # (True for crackloc and psol, False for the CAM baselines). The ablation rows keep True.
     uses_pseudo_masks: bool | None = None
@@ -75,6 +81,7 @@ class TrainConfig:
     epochs: int = 30
     batch_size: int = 8
     lr: float = 1e-4
+    lr_schedule: LrSchedule = "constant"  # constant (paper) | cosine: decays to 0 over the epochs, per step
     weight_decay: float = 1e-5
     patience: int = 5  # early stopping on the selection metric
     # Which epoch's weights are kept: best validation AUROC (the paper; it saturates at 1.0 on Özgenel
@@ -83,6 +90,9 @@ class TrainConfig:
     select_by: SelectBy = "val_auroc"
     lambda_l1: float = 0.5  # weight of L1(heatmap, teacher pseudo mask)
     pseudo_percentile: float = 95.0  # teacher CAM threshold for pseudo masks
+    # binary: the teacher CAM cut at pseudo_percentile (the paper) | soft: the CAM itself, ReLU'd
+    # and divided by its per-image maximum (the fixed student)
+    pseudo_target: PseudoTarget = "binary"
     negative_pseudo: NegativePseudo = "zeros"  # pseudo masks of crack-free images
     seed: int = 0
     precision: Precision = "bf16"  # bf16 autocast (training, teacher CAMs, DDT) | 32

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from crackloc.cli import build_parser, main
 
@@ -23,6 +24,8 @@ def test_train_writes_a_complete_run(tiny_run: Path):
     m = json.loads((tiny_run / "metrics.json").read_text())
     assert {"auroc", "accuracy", "precision", "recall", "f1"} <= set(m["at_0.5"])
     assert "iou_vs_teacher_pseudo_mean" in m["pseudo_iou"]
+    masks = torch.load(tiny_run / "pseudo_masks.pt", weights_only=True)["masks"]
+    assert tuple(masks.shape[-2:]) == (112, 112)  # patch size: augmented with the images, pooled per step
 
 
 def test_evaluate_and_predict(tiny_run: Path, crack_folder: Path, tmp_path: Path):

@@ -91,7 +91,7 @@ def test_runner_shares_the_split_and_teacher_and_resumes(experiment):
     assert os.path.samefile(teacher, runs[("psol", 0)] / "teacher.pt")
     assert os.path.samefile(teacher, runs[("crackloc", 0)] / "teacher.pt")
     assert sorted(p.name for p in (out / "teachers" / "seed0").glob("pseudo_*.pt")) == [
-        "pseudo_cam_4x4.pt", "pseudo_ddt_4x4.pt"]
+        "pseudo_cam_64x64.pt", "pseudo_ddt_64x64.pt"]  # made at the patch size, pooled per step
     mtimes = {k: (r / "metrics.json").stat().st_mtime_ns for k, r in runs.items()}
     teacher_mtime = teacher.stat().st_mtime_ns
     # Simulate kills: one run lost its metrics; another died mid-training (config + checkpoints, no model).

@@ -21,7 +21,12 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pretrained", help="ImageNet weights: 'auto' (torch hub cache), 'none', or a file path")
     g.add_argument("--fusion", dest="model.fusion", choices=choices_of(ModelConfig, "fusion"))
     g.add_argument("--no-ahr", dest="model.ahr", action="store_const", const=False, help="disable AHR")
-    g.add_argument("--heatmap-norm", dest="model.heatmap_norm", choices=choices_of(ModelConfig, "heatmap_norm"))
+    g.add_argument("--heatmap-norm", dest="model.heatmap_norm", choices=choices_of(ModelConfig, "heatmap_norm"),
+                   help="max: each map's peak is 1 (paper); sigmoid: absolute, a crack-free image can stay dark")
+    g.add_argument("--l1-map", dest="model.l1_map", choices=choices_of(ModelConfig, "l1_map"),
+                   help="map the L1 term sees: refined (after AHR's cut, paper) or uncut (every cell learns)")
+    g.add_argument("--pseudo-target", dest="train.pseudo_target", choices=choices_of(TrainConfig, "pseudo_target"),
+                   help="teacher target: binary (CAM cut at its 95th percentile, paper) or soft (normalised CAM)")
     g.add_argument("--init-from", dest="model.init_from",
                    help="stage 2 (--model crackseg): the stage-1 model file whose maps give the pseudo-label "
                         "regions and whose backbone and classifier start the encoder")
@@ -75,6 +80,8 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher-epochs", dest="train.teacher_epochs", type=checked("teacher_epochs", "--teacher-epochs", int))
     p.add_argument("--batch-size", dest="train.batch_size", type=checked("batch_size", "--batch-size", int))
     p.add_argument("--lr", dest="train.lr", type=checked("lr", "--lr"))
+    p.add_argument("--lr-schedule", dest="train.lr_schedule", choices=choices_of(TrainConfig, "lr_schedule"),
+                   help="constant (paper) or cosine (decays to 0 over --epochs, step by step)")
     p.add_argument("--max-train", dest="data.max_train", type=checked("max_train", "--max-train", int),
                    help="cap on training images")
     p.add_argument("--precision", dest="train.precision", choices=choices_of(TrainConfig, "precision"))

@@ -50,6 +50,8 @@ class CrackLocNet(LocalizationModel):
             feats = self.ahr.attend(feats)  # [B,C,h,w]
         logits = self.fc.logits(feats)  # [B]
         cam = self.fc.cam(feats)  # [B,1,h,w]
+        if self.training and self.cfg.l1_map == "uncut":  # every cell gets the L1 gradient
+            return logits, normalize_heatmap(cam, mode=self.cfg.heatmap_norm)
         if self.ahr is not None:
             return logits, self.ahr.refine(cam)
         return logits, normalize_heatmap(cam, mode=self.cfg.heatmap_norm)

@@ -8,11 +8,6 @@ import torch.nn.functional as F
 IGNORE = 255  # pixel label that takes no part in the loss (the refinement's uncertain band)
 
 
-def is_dense(targets: torch.Tensor, images: torch.Tensor) -> bool:
-    """Pixel pseudo-labels ([B,1,S,S] at the image size) rather than a coarse map or none."""
-    return targets.dim() == 4 and targets.shape[-2:] == images.shape[-2:]
-
-
 def pixel_loss(map_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """BCE + soft Dice over the pixels that are not IGNORE: map logits [B,1,S,S], labels [B,1,S,S].
 

@@ -15,8 +15,9 @@ from torchmetrics.classification import BinaryAUROC
 from crackloc.config import ModelConfig, TrainConfig
 from crackloc.data.dataset import augment
 from crackloc.io import atomic_write
+from crackloc.models.fusion import align_to
 from crackloc.tensors import to_input
-from crackloc.training.losses import is_dense, pixel_loss
+from crackloc.training.losses import pixel_loss
 
 
 class LitLocalizer(L.LightningModule):
@@ -38,12 +39,12 @@ class LitLocalizer(L.LightningModule):
         self.val_acc = MeanMetric()  # per-image correctness at logit 0
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        images, labels, pseudo = batch  # [B,3,S,S] uint8, [B], [B,1,h,w] or [B,0]
+        images, labels, pseudo = batch  # [B,3,S,S] uint8, [B], [B,1,S,S] (pixel masks) or [B,0]
         use_l1 = self.model.uses_pseudo_masks and pseudo.dim() == 4 and self.train_cfg.lambda_l1 > 0
-        if self.train_cfg.augment:
+        if self.train_cfg.augment:  # at pixel level, so the masks move exactly with the image
             images, pseudo = augment(images, pseudo)
         x = to_input(images, channels_last=self.train_cfg.channels_last)
-        if use_l1 and is_dense(pseudo, images):  # stage 2: pixel labels with an ignore band
+        if use_l1 and getattr(self.model, "pseudo_source", "") == "refined":  # stage 2: labels with an ignore band
             logits, map_logits = self.model.forward_dense(x)
             bce = F.binary_cross_entropy_with_logits(logits.float(), labels)
             loss = bce + self.train_cfg.lambda_l1 * pixel_loss(map_logits, pseudo)
@@ -51,8 +52,9 @@ class LitLocalizer(L.LightningModule):
             logits, low = self.model.forward_lowres(x)
             bce = F.binary_cross_entropy_with_logits(logits.float(), labels)
             loss = bce
-            if use_l1:
-                loss = loss + self.train_cfg.lambda_l1 * (low.float() - pseudo).abs().mean()
+            if use_l1:  # each cell's target: the mask around the pixel that cell sits on, after augmentation
+                target = align_to(pseudo.float(), tuple(low.shape[-2:]), phase=self.model.cell_phase)  # [B,1,h,w]
+                loss = loss + self.train_cfg.lambda_l1 * (low.float() - target).abs().mean()
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(labels),
                  sync_dist=True)  # the mean over every process's slice of the global batch
         self.log("train_bce", bce, on_step=False, on_epoch=True, batch_size=len(labels), sync_dist=True)
@@ -73,9 +75,13 @@ class LitLocalizer(L.LightningModule):
             self.log(name, metric.compute(), prog_bar=name != "val_loss", sync_dist=True)
             metric.reset()
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.model.parameters(), lr=self.train_cfg.lr,
-                                weight_decay=self.train_cfg.weight_decay)
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict:
+        opt = torch.optim.Adam(self.model.parameters(), lr=self.train_cfg.lr, weight_decay=self.train_cfg.weight_decay)
+        if self.train_cfg.lr_schedule == "constant":
+            return opt
+        steps = max(int(self.trainer.estimated_stepping_batches), 1)  # all epochs of this fit
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 class EpochCSV(L.Callback):

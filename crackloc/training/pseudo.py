@@ -29,26 +29,34 @@ def teacher_cams(teacher: torch.nn.Module, images: torch.Tensor, *, batch_size: 
     return torch.cat(out)
 
 
-def cam_masks(cams: torch.Tensor, *, size: tuple[int, int], percentile: float, phase: float = 0.0) -> torch.Tensor:
-    """CAMs [N,1,h,w] → bool masks [N,1,*size]: upsampled (cells kept on their pixels, `phase` of
-    the teacher's backbone), cut at the per-image percentile."""
+def cam_masks(cams: torch.Tensor, *, size: tuple[int, int], percentile: float, phase: float = 0.0,
+              target: str = "binary") -> torch.Tensor:
+    """CAMs [N,1,h,w] → masks [N,1,*size]: upsampled (cells kept on their pixels, `phase` of the
+    teacher's backbone), then 'binary' (bool: cut at the per-image percentile) or 'soft' (float in
+    [0,1]: ReLU'd and divided by the per-image maximum)."""
     cams = upsample_cells(cams.float(), size, stride=nominal_stride(size[0], cams.shape[-2]), phase=phase)
+    if target == "soft":
+        kept = cams.clamp(min=0)  # [N,1,H,W]
+        return kept / kept.flatten(1).max(dim=1).values.clamp(min=1e-6).view(-1, 1, 1, 1)
     return cams >= percentile_threshold(cams, percentile)
 
 
 @torch.no_grad()
 def pseudo_masks(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
                  grid: tuple[int, int], phase: float = 0.0, percentile: float = 95.0, negatives: str = "zeros",
-                 batch_size: int = 64, precision: str = "bf16", progress: bool = True) -> torch.Tensor:
-    """Pseudo ground truth for the student's L1 term.
+                 target: str = "binary", batch_size: int = 64, precision: str = "bf16",
+                 progress: bool = True) -> torch.Tensor:
+    """Pseudo ground truth for the student's L1 term (made at the patch size by `train_run`).
 
     Args:
         teacher: a CAM model with `raw_cam(x)`.
         images: uint8 [N,3,S,S]; labels: [N] in {0,1}.
-        grid: the student's heatmap grid (h, w), e.g. (14, 14) at 224 px and stride 16.
+        grid: the size the masks are returned at: the patch size (S, S) in training (augmented
+            with the images, then pooled onto the student's cells), or a model grid (h, w).
         phase: the student's `cell_phase` (where its cells sit; the teacher's comes from the teacher).
         percentile: the CAM is cut at this per-image percentile (paper: 95).
         negatives: 'zeros' gives crack-free images an empty mask; 'cam' treats them alike.
+        target: 'binary' (the paper's cut CAM) or 'soft' (the normalised CAM, `cam_masks`).
         precision: 'bf16' (autocast) or '32' for the teacher's CAM pass (`train.precision`).
     Returns:
         float16 [N,1,h,w] in [0,1] (fraction of each cell above the threshold).
@@ -58,8 +66,8 @@ def pseudo_masks(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.T
     size = tuple(images.shape[-2:])
     teacher_phase = getattr(teacher, "cell_phase", 0.0)
     # each student cell gets the mask fraction around the pixel it sits on (align_to), chunks bound S×S masks
-    masks = torch.cat([align_to(cam_masks(c, size=size, percentile=percentile, phase=teacher_phase).float(), grid,
-                                phase=phase)
+    masks = torch.cat([align_to(cam_masks(c, size=size, percentile=percentile, phase=teacher_phase,
+                                          target=target).float(), grid, phase=phase)
                        for c in cams.split(batch_size)])  # [N,1,h,w]
     if negatives == "zeros":
         masks[labels < 0.5] = 0.0

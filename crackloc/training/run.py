@@ -55,16 +55,14 @@ from crackloc.training.threshold import choose_threshold
 
 
 def student_pseudo(cfg: RunConfig, model: torch.nn.Module) -> tuple[str | None, tuple[int, int]]:
-    """Which pseudo masks the student trains against ('cam', 'ddt' or None) and its heatmap grid (h, w).
+    """Which pseudo masks the student trains against ('cam', 'ddt', 'refined' or None) and their size.
 
-    One no-grad forward of the (freshly built) student in eval mode: it consumes no random numbers.
+    Every kind is made at the patch size (S, S): the training step augments masks with their
+    images at pixel level and only then pools them onto the student's cells (`LitLocalizer`), so
+    flips and rotations cannot move a target off the pixels its cell describes.
     """
-    was_training = model.training
-    with torch.no_grad():
-        _, low = model.eval().forward_lowres(torch.zeros(1, 3, cfg.data.image_size, cfg.data.image_size))
-    model.train(was_training)
     wants = model.uses_pseudo_masks and cfg.train.lambda_l1 > 0
-    return (model.pseudo_source if wants else None), tuple(low.shape[-2:])
+    return (model.pseudo_source if wants else None), (cfg.data.image_size, cfg.data.image_size)
 
 
 def link_file(src: Path, dst: Path) -> Path:
@@ -167,15 +165,15 @@ def train_teacher(cfg: RunConfig, out: Path, splits: dict[str, DecodedSplit], *,
 
 
 def _cached(path: Path | None, train: DecodedSplit, source: str, grid: tuple[int, int],
-            phase: float) -> torch.Tensor | None:
-    """The masks in a pseudo-mask cache file if it was made for these images, source, grid and cell
-    alignment (files from before `MAP_ALIGNMENT` are remade)."""
+            phase: float, target: str) -> torch.Tensor | None:
+    """The masks in a pseudo-mask cache file if it was made for these images, source, grid, cell
+    alignment and target kind (files from before `MAP_ALIGNMENT` are remade)."""
     if path is None or not path.is_file():
         return None
     cached = torch.load(path, map_location="cpu", weights_only=True)
     fits = (cached["paths"] == train.paths and cached.get("source", "cam") == source
             and tuple(cached["masks"].shape[-2:]) == tuple(grid) and cached.get("alignment") == MAP_ALIGNMENT
-            and cached.get("phase") == phase)
+            and cached.get("phase") == phase and cached.get("target", "binary") == target)
     return cached["masks"] if fits else None
 
 
@@ -196,9 +194,10 @@ def cached_pseudo_masks(cfg: RunConfig, out: Path, teacher: torch.nn.Module | No
     for the other runs that share the teacher.
     """
     path = out / "pseudo_masks.pt"
-    keyed = shared / f"pseudo_{source}_{grid[0]}x{grid[1]}.pt" if shared else None
+    kind = "" if cfg.train.pseudo_target == "binary" else f"_{cfg.train.pseudo_target}"
+    keyed = shared / f"pseudo_{source}{kind}_{grid[0]}x{grid[1]}.pt" if shared else None
     for candidate in (path, keyed):
-        masks = _cached(candidate, train, source, grid, phase)
+        masks = _cached(candidate, train, source, grid, phase, cfg.train.pseudo_target)
         if masks is not None:
             if candidate != path:
                 link_file(candidate, path)
@@ -211,10 +210,10 @@ def cached_pseudo_masks(cfg: RunConfig, out: Path, teacher: torch.nn.Module | No
                                  progress=progress)
     else:
         masks = pseudo_masks(teacher, train.images, train.labels, grid=grid, phase=phase,
-                             percentile=cfg.train.pseudo_percentile, negatives=cfg.train.negative_pseudo, precision=cfg.train.precision,
-                             progress=progress)
+                             percentile=cfg.train.pseudo_percentile, negatives=cfg.train.negative_pseudo,
+                             target=cfg.train.pseudo_target, precision=cfg.train.precision, progress=progress)
     save_torch(path, {"paths": train.paths, "masks": masks, "source": source, "alignment": MAP_ALIGNMENT,
-                      "phase": phase})
+                      "phase": phase, "target": cfg.train.pseudo_target})
     if keyed is not None:
         link_file(path, keyed)
     return masks
@@ -289,9 +288,7 @@ def _train_pipeline(cfg: RunConfig, out: Path, splits: dict[str, DecodedSplit], 
         shared.mkdir(parents=True, exist_ok=True)
     source, grid = student_pseudo(cfg, built[1].model)
     teacher = None
-    if source == "refined":  # stage 2 learns from the stage-1 model file (model.init_from), not a teacher
-        grid = (cfg.data.image_size, cfg.data.image_size)  # pixel labels at patch resolution
-    else:
+    if source != "refined":  # stage 2 learns from the stage-1 model file (model.init_from), not a teacher
         teacher = train_teacher(cfg, shared, splits, progress=progress,
                                 model=built[0].resume_rng(cfg.train.seed), ranks=ranks)
         if shared != out and ranks.is_zero:
