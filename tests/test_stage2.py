@@ -85,3 +85,22 @@ def test_stage2_trains_from_a_stage1_model_file_by_one_command(tiny_run, crack_f
     assert cache["source"] == "refined" and tuple(cache["masks"].shape[-2:]) == (112, 112)
     assert set(cache["masks"].unique().tolist()) <= {0, 1, IGNORE}
     assert json.loads((out / "train_summary.json").read_text())["role"] == "student"
+
+
+def test_gated_decoding_skips_only_windows_below_the_probability():
+    """Windows below `decode_min_prob` get an empty map; the others get exactly the full decoder's map."""
+    from crackloc.models.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(name="crackseg", pretrained="none")).eval()
+    x = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        logits, full = model(x)  # [4], [4,1,64,64]
+        p = torch.sigmoid(logits)
+        model.decode_min_prob = float(p.sort().values[2])  # keeps the two most likely windows
+        gated_logits, gated = model(x)
+    keep = p >= model.decode_min_prob
+    assert int(keep.sum()) == 2
+    assert torch.equal(gated_logits, logits)
+    torch.testing.assert_close(gated[keep], full[keep], atol=1e-5, rtol=1e-4)
+    assert float(gated[~keep].max()) < 1e-6

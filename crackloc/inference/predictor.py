@@ -24,7 +24,11 @@ from crackloc.models.checkpoint import load_model
 from crackloc.tensors import MAP_ALIGNMENT
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
-BUNDLED_MODEL = ASSETS / "crackloc_resnet18.pt"
+# Gated maps: a window below this crack probability may skip the map decoder (stage 2), since its
+# gated map weighs less than that: < 0.01 of a map in [0, 1], far below any decision threshold.
+GATED_SKIP_PROB = 0.01
+BUNDLED_MODEL = ASSETS / "crackloc_stage2.pt"  # the default: stage 2, pixel masks (docs/model_card.md)
+STAGE1_MODEL = ASSETS / "crackloc_resnet18.pt"  # the paper's model; stage 2 was initialised from it
 
 
 @dataclass
@@ -99,6 +103,8 @@ class Predictor:
             cfg = dataclasses.replace(cfg, precision="32", compile=False)
         elif cfg.precision == "bf16":
             model = model.to(memory_format=torch.channels_last)
+        if isinstance(model, torch.nn.Module) and hasattr(model, "decode_min_prob"):
+            model.decode_min_prob = GATED_SKIP_PROB if cfg.gate else 0.0
         if cfg.compile:
             model = torch.compile(model)  # ~20 s once; pays off over many tiles/images
         self.cfg, self.model, self.device = cfg, model, torch.device(cfg.device)

@@ -3,8 +3,10 @@
 Encoder: the backbone's four stages (ResNet-18: strides 4, 8, 16, 32), initialised from a
 stage-1 model file (`ModelConfig.init_from`) or ImageNet weights. Decoder: an FPN-style
 top-down path to stride 4, then to stride 2 where it meets a small full-resolution branch on the
-image itself (thin cracks are 1–3 px wide: the stem's stride 4 alone would blur them), and a
-1×1 head: the crack map at stride 2, upsampled bilinearly to the input. Every resampling keeps a
+image itself (thin cracks are 1–3 px wide: the stem's stride 4 alone would blur them), fused by a
+1×1 conv, and a 3×3 head: the crack map at stride 2, upsampled bilinearly to the input. The
+decoder is kept narrow (32 channels at stride 4, 1×1 fusion at stride 2): at these resolutions
+memory traffic, not arithmetic, sets the time per tile. Every resampling keeps a
 cell over the pixels it describes (`crackloc.tensors.upsample_cells`), so thin cracks are not
 drawn a few pixels off. The image-level logit
 is GAP → FC on the deepest stage (the stage-1 classifier's head, so decisions start where
@@ -26,9 +28,11 @@ from crackloc.models.heads import CamHead
 from crackloc.models.registry import register
 from crackloc.tensors import upsample_cells
 
-DECODER_CHANNELS = 64
+DECODER_CHANNELS = 64  # FPN laterals
+SMOOTH_CHANNELS = 32  # the stride-4 map passed up to stride 2
 FINE_CHANNELS = 16
 FUSED_CHANNELS = 32
+EMPTY_LOGIT = -30.0  # map logit of a window that skipped the decoder (sigmoid ≈ 1e-13)
 
 
 def conv_bn_relu(cin: int, cout: int, *, stride: int = 1) -> nn.Sequential:
@@ -42,6 +46,7 @@ class CrackSegNet(LocalizationModel):
 
     uses_pseudo_masks = True
     pseudo_source = "refined"
+    decode_min_prob: float = 0.0  # inference: skip the decoder for windows below this crack probability
 
     def __init__(self, cfg: ModelConfig) -> None:
         backbone = build_backbone(cfg.backbone, scales=list(_all_stages(cfg.backbone)), output_stride=32,
@@ -52,17 +57,36 @@ class CrackSegNet(LocalizationModel):
         self.backbone = backbone
         d = DECODER_CHANNELS
         self.lateral = nn.ModuleList(nn.Conv2d(c, d, 1) for c in backbone.channels)
-        self.smooth = conv_bn_relu(d, d)
+        self.smooth = conv_bn_relu(d, SMOOTH_CHANNELS)
         self.fine = nn.Sequential(conv_bn_relu(3, FINE_CHANNELS), conv_bn_relu(FINE_CHANNELS, FINE_CHANNELS, stride=2))
-        self.fuse = conv_bn_relu(d + FINE_CHANNELS, FUSED_CHANNELS)
-        self.head = nn.Conv2d(FUSED_CHANNELS, 1, 1)
+        self.fuse = nn.Sequential(nn.Conv2d(SMOOTH_CHANNELS + FINE_CHANNELS, FUSED_CHANNELS, 1, bias=False),
+                                  nn.BatchNorm2d(FUSED_CHANNELS), nn.ReLU(inplace=True))
+        self.head = nn.Conv2d(FUSED_CHANNELS, 1, 3, padding=1)
         self.fc = CamHead(backbone.channels[-1])
         self.init_source = load_stage1(self, cfg.init_from) if cfg.init_from else "none"
 
     def _decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [B,3,H,W] in [0,1] → (image logits [B], map logits [B,1,H/2,W/2])."""
+        """x [B,3,H,W] in [0,1] → (image logits [B], map logits [B,1,H/2,W/2]).
+
+        With `decode_min_prob` > 0 (inference only; set by the predictor when maps are gated),
+        windows whose crack probability is below it skip the decoder and get an empty map: gated,
+        their map would weigh less than that probability anyway.
+        """
         xn = self.normalize(x)
         feats = self.backbone(xn)  # strides 4, 8, 16, 32
+        logits = self.fc.logits(feats[-1])  # [B]
+        if self.training or self.decode_min_prob <= 0 or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return logits, self._map(xn, feats)
+        keep = torch.sigmoid(logits.float()) >= self.decode_min_prob  # [B]
+        if bool(keep.all()):
+            return logits, self._map(xn, feats)
+        out = xn.new_full((x.shape[0], 1, (x.shape[-2] + 1) // 2, (x.shape[-1] + 1) // 2), EMPTY_LOGIT)
+        if bool(keep.any()):
+            out[keep] = self._map(xn[keep], [f[keep] for f in feats]).to(out.dtype)
+        return logits, out
+
+    def _map(self, xn: torch.Tensor, feats: list[torch.Tensor]) -> torch.Tensor:
+        """Normalised input [B,3,H,W] and encoder stages → map logits [B,1,H/2,W/2]."""
         top = self.lateral[-1](feats[-1])
         p = self.encoder_phase
         for lat, f in zip(reversed(self.lateral[:-1]), reversed(feats[:-1]), strict=True):
@@ -70,8 +94,7 @@ class CrackSegNet(LocalizationModel):
         fine = self.fine(xn)  # [B,16,H/2,W/2], cell j on pixel 2j
         # stride-4 cell i sits on pixel 4i + 3p, i.e. fine cell 2i + 1.5p
         up = upsample_cells(self.smooth(top), tuple(fine.shape[-2:]), stride=2, phase=1.5 * p)
-        logits_map = self.head(self.fuse(torch.cat([up, fine], dim=1)))  # [B,1,H/2,W/2]
-        return self.fc.logits(feats[-1]), logits_map
+        return self.head(self.fuse(torch.cat([up, fine], dim=1)))  # [B,1,H/2,W/2]
 
     def forward_dense(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B,3,H,W] → (image logits [B], map logits [B,1,H,W]) for the pixel loss."""
