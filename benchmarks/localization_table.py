@@ -68,6 +68,8 @@ def main() -> None:
     p.add_argument("--gates", default="off,on", help="gate settings tried on dev for the model files")
     p.add_argument("--floor-gates", default="off,on", help="gate settings tried on dev for the floors")
     p.add_argument("--out", required=True)
+    p.add_argument("--update", action="store_true",
+                   help="keep the rows of OUT/table.json that this run does not redo (same row name: replaced)")
     a = p.parse_args()
     warnings.filterwarnings("ignore")
     ds = MaskDataset(a.data)
@@ -79,6 +81,9 @@ def main() -> None:
             for n in a.floors.split(",") if n]
     rows += [(name, path, a.scales.split(","), gates(a.gates)) for name, path in (m.split("=", 1) for m in a.model)]
     out, results = Path(a.out), []
+    if a.update and (out / "table.json").is_file():
+        redo = {label for label, *_ in rows}
+        results = [r for r in json.loads((out / "table.json").read_text())["rows"] if r["row"] not in redo]
     for label, source, scales, row_gates in rows:
         t0 = time.time()
         cfg, tried = choose_on_dev(source, ds, dev, scales=scales, gates=row_gates)

@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import torch
 
 from crackloc.config import InferenceConfig
-from crackloc.data.synthetic import concrete_texture
+from crackloc.data.synthetic import concrete_texture, draw_line
+from crackloc.evaluation.registration import ridge_offsets
 from crackloc.inference.predictor import Predictor, default_checkpoint
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_registration import draw_line, ridge_offsets  # noqa: E402  (the test's line drawing and measure)
 
 
 def offsets(predictor: Predictor, *, angles: list[float], widths: list[float]) -> dict[str, float]:

@@ -7,13 +7,13 @@ map (s−1)/2 px down and right: the 7–12 px offset seen under drawn lines (is
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from crackloc.config import InferenceConfig
+from crackloc.data.synthetic import draw_line
+from crackloc.evaluation.registration import ridge_offsets
 from crackloc.inference.predictor import Predictor
 from crackloc.models.backbone import BACKBONES, build_backbone
 from crackloc.models.base import LocalizationModel
@@ -80,39 +80,6 @@ class StridedDarkness(LocalizationModel):
         d = separable(1.0 - x.mean(dim=1, keepdim=True), g0, g0)[..., ::16, ::16]  # [B,1,⌈H/16⌉,⌈W/16⌉]
         d = d - d.amin(dim=(2, 3), keepdim=True)
         return d.flatten(1).amax(1), d / d.amax(dim=(2, 3), keepdim=True).clamp(min=1e-6)
-
-
-def draw_line(h: int, w: int, *, angle_deg: float, offset: float, width: float = 3.0
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """uint8 [3,H,W] grey image with one dark straight line through the centre (+ offset, px).
-
-    Returns the image, the line's unit normal (ny, nx) and its signed distance map [H,W].
-    """
-    t = math.radians(angle_deg)
-    normal = torch.tensor([math.cos(t), -math.sin(t)])  # (y, x) normal of a line at angle t
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
-                            indexing="ij")
-    dist = (yy - h / 2) * normal[0] + (xx - w / 2) * normal[1] - offset  # [H,W] signed distance
-    img = torch.full((3, h, w), 200.0)
-    img[:, dist.abs() <= width / 2] = 60.0
-    return img.to(torch.uint8), normal, dist
-
-
-def ridge_offsets(heat: torch.Tensor, dist: torch.Tensor, *, band: float = 40.0) -> torch.Tensor:
-    """Signed offset of the map's centre of mass from the line, across it, every 4 px along it.
-
-    For each pixel row (or column, for steep lines) the map within `band` px of the line is
-    reduced to its weighted mean signed distance: 0 when the ridge lies on the line.
-    """
-    steep = (dist[1:, :] - dist[:-1, :]).abs().mean() < (dist[:, 1:] - dist[:, :-1]).abs().mean()
-    h, d = (heat.T, dist.T) if not steep else (heat, dist)  # walk along the line, one slice per step
-    out = []
-    for row in range(0, h.shape[0], 4):
-        near = d[row].abs() <= band
-        wgt = h[row][near].double()
-        if near.sum() > band and wgt.sum() > 0:
-            out.append(float((wgt * d[row][near]).sum() / wgt.sum()))
-    return torch.tensor(out)
 
 
 @pytest.mark.parametrize("angle", [0, 30, 60, 90, 120, 150])

@@ -176,6 +176,25 @@ def test_chromium_is_installed():
     assert Path(_chromium()).is_file()  # fails (never skips) with the install command when it is missing
 
 
+def _row_with_index(page, index: int, *, timeout_s: float = 20.0):
+    """The rendered row of the crack table whose "#" cell is `index`, with the list scrolled to its
+    top (polled until it appears: the virtual list renders only the rows near its view)."""
+    deadline, seen = time.monotonic() + timeout_s, []
+    while time.monotonic() < deadline:
+        page.evaluate("() => document.querySelectorAll('#cracks *').forEach("
+                      "e => { if (e.scrollHeight > e.clientHeight) e.scrollTop = 0; })")  # the list's top
+        rows = page.locator("#cracks .virtual-row")
+        seen = []
+        for i in range(rows.count()):
+            row = rows.nth(i)
+            cells = row.locator("[role=gridcell]")
+            seen.append((row.get_attribute("data-index"), cells.nth(0).inner_text().strip() if cells.count() else None))
+            if cells.count() > 1 and seen[-1][1] == str(index):
+                return row
+        page.wait_for_timeout(250)
+    raise AssertionError(f"no rendered row for crack #{index} in the crack table (rendered: {seen})")
+
+
 def test_one_photo_rethreshold_export_and_bad_uploads(page, site, tmp_path):
     record = site["record"]
     _upload(page, SAMPLE)
@@ -211,8 +230,9 @@ def test_one_photo_rethreshold_export_and_bad_uploads(page, site, tmp_path):
     header.locator("button[aria-haspopup=menu]").click(force=True)
     page.locator("[role=menu]").get_by_text("Sort ascending").click()
     second = sorted((c["length_px"], c["index"]) for c in record["geometry"]["cracks"])[1][1]
-    row = page.locator("#cracks .virtual-row[data-index='1']")  # the 2nd row shown (the 1st may be unrendered)
-    row.locator("[role=gridcell]").nth(1).click()
+    # the 2nd shortest crack, found by its "#" cell among the rows the virtual list rendered near the
+    # top (which of them are in the DOM depends on Gradio's virtualisation and the number of rows)
+    _row_with_index(page, second).locator("[role=gridcell]").nth(1).click()
     _wait_text(page, "#status", f"Crack #{second} highlighted")  # sorted by length: the 2nd shortest crack
 
     bad = tmp_path / "corrupt.jpg"

@@ -163,7 +163,8 @@ def _run_demo(a: argparse.Namespace) -> int:
         own = Predictor(run / "model.pt", InferenceConfig(tile=cfg.data.image_size))
         predict_files(own, [photo], out / "own_model", progress=False)
     if BUNDLED_MODEL.is_file():
-        print("3/3 mapping the sample photo with the bundled model (quick preset, 3,000 Özgenel patches; docs/model_card.md)")
+        print("3/3 mapping the sample photo with the bundled model (stage 2: pixel crack masks, trained on the "
+              "11,200-patch Özgenel training split; docs/model_card.md)")
         report = predict_files(Predictor(), [photo], out / "bundled_model", geometry=True, progress=False)
         rec = report.records[0]
         print(f"    crack probability {rec['crack_probability']:.3f}, {rec['geometry']['count']} cracks, "

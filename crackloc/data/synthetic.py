@@ -83,3 +83,43 @@ def write_crack_folder(root, n: int = 40, *, size: int = 64, seed: int = 0) -> N
     for i, (img, label) in enumerate(zip(images, labels, strict=True)):
         sub = "Positive" if label > 0.5 else "Negative"
         save_png(Path(root) / sub / f"{i:05d}.png", img.permute(1, 2, 0).numpy())
+
+
+def known_width_photo(widths: tuple[float, ...] = (1, 3, 7, 15), *, h: int = 900, w: int = 1200, seed: int = 0,
+                      darkness: float = 0.6) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A photo-sized fixture with one gently curving crack per width, in horizontal lanes.
+
+    Crack k is the band within widths[k]/2 px (measured across the curve) of
+    y = c_k + 12·sin(2πx/500), from 8 % to 92 % of the image width.
+    Returns (image uint8 [3,H,W], one bool mask [H,W] per crack).
+    """
+    g = torch.Generator().manual_seed(seed)
+    img = concrete_texture(h, w, generator=g)  # [3,H,W]
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                            indexing="ij")
+    slope = 12 * 2 * math.pi / 500 * torch.cos(2 * math.pi * xx / 500)  # dy/dx of the centre line
+    inside = (xx >= 0.08 * w) & (xx <= 0.92 * w)
+    masks = []
+    for k, width in enumerate(widths):
+        centre = (k + 0.5) * h / len(widths) + 12 * torch.sin(2 * math.pi * xx / 500)  # [H,W]
+        across = (yy - centre).abs() / torch.sqrt(1 + slope**2)  # distance across the curve
+        mask = inside & (across <= width / 2)
+        masks.append(mask)
+        img = torch.where(mask.unsqueeze(0), img * (1 - darkness), img)
+    return (img.clamp(0, 1) * 255).round().to(torch.uint8), masks
+
+
+def draw_line(h: int, w: int, *, angle_deg: float, offset: float, width: float = 3.0
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """uint8 [3,H,W] grey image with one dark straight line through the centre (+ offset, px).
+
+    Returns the image, the line's unit normal (ny, nx) and its signed distance map [H,W].
+    """
+    t = math.radians(angle_deg)
+    normal = torch.tensor([math.cos(t), -math.sin(t)])  # (y, x) normal of a line at angle t
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
+                            indexing="ij")
+    dist = (yy - h / 2) * normal[0] + (xx - w / 2) * normal[1] - offset  # [H,W] signed distance
+    img = torch.full((3, h, w), 200.0)
+    img[:, dist.abs() <= width / 2] = 60.0
+    return img.to(torch.uint8), normal, dist

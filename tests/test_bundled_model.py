@@ -1,0 +1,49 @@
+"""The bundled default model (stage 2) end to end: it draws cracks where they are and as wide as they are.
+
+These run the shipped model file through the same path as `crackloc predict`, on drawn cracks
+with exact geometry (no data files, no network).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmarks.known_widths import measured_widths
+from crackloc.data.synthetic import concrete_texture, draw_line
+from crackloc.evaluation.registration import ridge_offsets
+from crackloc.inference.predictor import Predictor
+from crackloc.models.checkpoint import read_model_file
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    return Predictor()  # the bundled model, default settings (bf16, 224 px tiles, overlap 0.25, gate)
+
+
+def test_the_default_model_is_stage_2(predictor):
+    assert read_model_file(predictor.checkpoint)["config"]["name"] == "crackseg"
+
+
+@pytest.mark.parametrize("angle", [0, 30, 60, 90, 120, 150])
+def test_stage2_map_lies_on_drawn_cracks_across_tiles(predictor, angle):
+    """A dark line through a 600×700 photo of synthetic concrete crosses several tile borders; the
+    map's centre across the line is within 1 px of it (median along the line)."""
+    g = torch.Generator().manual_seed(angle)
+    base = concrete_texture(600, 700, generator=g) * 255  # [3,H,W]
+    for width, offset in ((3.0, 5.0), (9.0, 13.5)):
+        line, _, dist = draw_line(600, 700, angle_deg=angle, offset=offset, width=width)
+        img = torch.where(line[:1] < 100, base * 0.45, base).to(torch.uint8)
+        off = ridge_offsets(predictor.predict(img).heatmap, dist)
+        assert len(off) > 20
+        assert abs(float(off.median())) <= 1.0, (angle, width, float(off.median()))
+
+
+def test_known_widths_end_to_end(tmp_path):
+    """`crackloc predict --geometry --auto-scale` on 600×450 photos of 1, 3, 7 and 15 px cracks,
+    image file to JSON: each crack found whole, its mean width within 1 px of the drawn one."""
+    rows = measured_widths(tmp_path, size=(450, 600), options=("--auto-scale",))
+    for r in rows:
+        assert r["mean_width_px"] is not None, rows
+        assert abs(r["mean_width_px"] - r["drawn_px"]) <= 1.0, rows
+        assert abs(r["length_px"] - r["drawn_length_px"]) <= 0.05 * r["drawn_length_px"], rows
