@@ -165,15 +165,15 @@ def train_teacher(cfg: RunConfig, out: Path, splits: dict[str, DecodedSplit], *,
 
 
 def _cached(path: Path | None, train: DecodedSplit, source: str, grid: tuple[int, int],
-            phase: float, target: str) -> torch.Tensor | None:
-    """The masks in a pseudo-mask cache file if it was made for these images, source, grid, cell
-    alignment and target kind (files from before `MAP_ALIGNMENT` are remade)."""
+            target: str) -> torch.Tensor | None:
+    """The masks in a pseudo-mask cache file if it was made for these images, source, size, cell
+    alignment and target kind (files from before `MAP_ALIGNMENT`, or on a student's grid, are remade)."""
     if path is None or not path.is_file():
         return None
     cached = torch.load(path, map_location="cpu", weights_only=True)
     fits = (cached["paths"] == train.paths and cached.get("source", "cam") == source
             and tuple(cached["masks"].shape[-2:]) == tuple(grid) and cached.get("alignment") == MAP_ALIGNMENT
-            and cached.get("phase") == phase and cached.get("target", "binary") == target)
+            and cached.get("target", "binary") == target)
     return cached["masks"] if fits else None
 
 
@@ -186,18 +186,19 @@ def stage2_labels(cfg: RunConfig, train: DecodedSplit, *, progress: bool) -> tor
 
 
 def cached_pseudo_masks(cfg: RunConfig, out: Path, teacher: torch.nn.Module | None, train: DecodedSplit, *,
-                        source: str, grid: tuple[int, int], phase: float = 0.0, shared: Path | None = None,
+                        source: str, grid: tuple[int, int], shared: Path | None = None,
                         progress: bool) -> torch.Tensor:
     """Pseudo masks ('cam': teacher CAM, 'ddt': DDT maps, 'refined': stage-2 pixel labels), made once.
 
-    Cached as RUN/pseudo_masks.pt and, with `shared`, also as shared/pseudo_{source}_{h}x{w}.pt
-    for the other runs that share the teacher.
+    Made at `grid` = the patch size, so they do not depend on the student (its cells are read
+    off them in the training step). Cached as RUN/pseudo_masks.pt and, with `shared`, also as
+    shared/pseudo_{source}[_soft]_{h}x{w}.pt for the other runs that share the teacher.
     """
     path = out / "pseudo_masks.pt"
     kind = "" if cfg.train.pseudo_target == "binary" else f"_{cfg.train.pseudo_target}"
     keyed = shared / f"pseudo_{source}{kind}_{grid[0]}x{grid[1]}.pt" if shared else None
     for candidate in (path, keyed):
-        masks = _cached(candidate, train, source, grid, phase, cfg.train.pseudo_target)
+        masks = _cached(candidate, train, source, grid, cfg.train.pseudo_target)
         if masks is not None:
             if candidate != path:
                 link_file(candidate, path)
@@ -205,15 +206,15 @@ def cached_pseudo_masks(cfg: RunConfig, out: Path, teacher: torch.nn.Module | No
     if source == "refined":
         masks = stage2_labels(cfg, train, progress=progress)
     elif source == "ddt":
-        masks = ddt_pseudo_masks(teacher, train.images, train.labels, grid=grid, phase=phase,
+        masks = ddt_pseudo_masks(teacher, train.images, train.labels, grid=grid,
                                  negatives=cfg.train.negative_pseudo, precision=cfg.train.precision,
                                  progress=progress)
     else:
-        masks = pseudo_masks(teacher, train.images, train.labels, grid=grid, phase=phase,
+        masks = pseudo_masks(teacher, train.images, train.labels, grid=grid,
                              percentile=cfg.train.pseudo_percentile, negatives=cfg.train.negative_pseudo,
                              target=cfg.train.pseudo_target, precision=cfg.train.precision, progress=progress)
     save_torch(path, {"paths": train.paths, "masks": masks, "source": source, "alignment": MAP_ALIGNMENT,
-                      "phase": phase, "target": cfg.train.pseudo_target})
+                      "target": cfg.train.pseudo_target})
     if keyed is not None:
         link_file(path, keyed)
     return masks
@@ -298,7 +299,7 @@ def _train_pipeline(cfg: RunConfig, out: Path, splits: dict[str, DecodedSplit], 
     if source is not None:
         if ranks.is_zero:  # rank 0 makes (or reuses) and saves them; the others get the same tensor
             pseudo = cached_pseudo_masks(cfg, out, teacher, splits["train"], source=source, grid=grid,
-                                         phase=student.cell_phase, shared=shared if shared != out else None,
+                                         shared=shared if shared != out else None,
                                          progress=progress)
         pseudo = ranks.broadcast(pseudo)
     model = fit_model(cfg.model, cfg.train, splits["train"], splits["val"], ckpt_dir=out / "checkpoints/student",
