@@ -178,20 +178,20 @@ def test_chromium_is_installed():
 
 def _row_with_index(page, index: int, *, timeout_s: float = 20.0):
     """The rendered row of the crack table whose "#" cell is `index`, with the list scrolled to its
-    top (polled until it appears: the virtual list renders only the rows near its view)."""
+    top (polled until it appears: the virtual list renders only the rows near its view, and
+    re-renders them as it scrolls, so the rows are read in one snapshot and then found again by
+    their stable `data-index`)."""
     deadline, seen = time.monotonic() + timeout_s, []
     while time.monotonic() < deadline:
         page.evaluate("() => document.querySelectorAll('#cracks *').forEach("
                       "e => { if (e.scrollHeight > e.clientHeight) e.scrollTop = 0; })")  # the list's top
-        rows = page.locator("#cracks .virtual-row")
-        seen = []
-        for i in range(rows.count()):
-            row = rows.nth(i)
-            cells = row.locator("[role=gridcell]")
-            seen.append((row.get_attribute("data-index"), cells.nth(0).inner_text().strip() if cells.count() else None))
-            if cells.count() > 1 and seen[-1][1] == str(index):
-                return row
         page.wait_for_timeout(250)
+        seen = page.locator("#cracks .virtual-row").evaluate_all(
+            "rows => rows.map(r => [r.getAttribute('data-index'),"
+            " (r.querySelector('[role=gridcell]') || {innerText: ''}).innerText.trim()])")
+        for data_index, first_cell in seen:
+            if first_cell == str(index):
+                return page.locator(f"#cracks .virtual-row[data-index='{data_index}']")
     raise AssertionError(f"no rendered row for crack #{index} in the crack table (rendered: {seen})")
 
 
