@@ -173,3 +173,42 @@ def test_masks_given_later_score_the_finished_runs(experiment, tmp_path):
     assert "Localisation against human masks" in text and "scale 1.0, gate off" in text
     for name in ("human_masks.csv", "qualitative_masks.png"):
         assert (experiment.out / "report" / name).stat().st_size > 0, name
+
+
+def test_stage2_and_floor_rows(tmp_path):
+    """Stage 2 trains from its seed's proposed run, a floor trains nothing, each is tiled at its own scale."""
+    import numpy as np
+    from PIL import Image
+
+    from crackloc.data.synthetic import make_crack_image, write_crack_folder
+    from crackloc.experiments.report import build_report
+
+    assert parse_methods("crackseg,ridge") == ["crackloc", "crackseg", "ridge"]  # its stage 1 goes first
+    assert parse_methods("crackseg,crackloc") == ["crackloc", "crackseg"]
+    assert len(parse_methods("all+")) == 16
+    write_crack_folder(tmp_path / "data", 40, size=64, seed=3)
+    masks = tmp_path / "masks_set"
+    for sub in ("images", "masks"):
+        (masks / sub).mkdir(parents=True)
+    for i in range(4):
+        img, mask = make_crack_image(64, 96, crack=True, seed=20 + i)
+        Image.fromarray((img.permute(1, 2, 0) * 255).round().byte().numpy()).save(masks / "images" / f"{i}.png")
+        Image.fromarray(mask[0].numpy().astype(np.uint8) * 255).save(masks / "masks" / f"{i}.png")
+    spec = ExperimentSpec(out=tmp_path / "EXP", preset="tiny", methods=["crackseg"], seeds=[0],
+                          data=str(tmp_path / "data"), overrides=TINY, masks=str(masks), max_images=4,
+                          loc_scale=2.0)
+    with pytest.raises(CracklocError, match="run crackloc first"):
+        run_experiment(spec, progress=False, log=lambda s: None)
+    spec.methods = parse_methods("crackseg,blackhat")
+    summary = run_experiment(spec, progress=False, log=lambda s: None)
+    stage1, stage2, floor = (run_dir(spec.out, m, 0) for m in spec.methods)
+    cfg = method_config(spec, "crackseg", 0, Path("split.csv"))
+    assert cfg.model.init_from == str(stage1 / "model.pt") and cfg.train.select_by == "last"
+    assert not (floor / "teacher.pt").exists() and not (floor / "checkpoints").exists()
+    scales = {r: json.loads((r / "localization" / "metrics.json").read_text()) for r in (stage1, stage2, floor)}
+    assert [(scales[r]["scale"], scales[r]["gate"]) for r in (stage1, stage2, floor)] == [
+        (2.0, True), (1.0, True), (1.0, False)]
+    assert set(summary["methods"]) == {"crackloc", "crackseg", "blackhat"}
+    text = build_report(spec.out, figures=False).read_text()
+    assert "stage 2 at scale 1.0, gate on; the floors at scale 1.0, gate off" in text
+    assert "| crackseg |" in text and "| blackhat |" in text

@@ -24,8 +24,9 @@ def _experiment_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", help="split manifest from `crackloc split` (reused by every run)")
     p.add_argument("--preset", default="quick", choices=list(PRESETS), help=PRESET_HELP)
     p.add_argument("--methods", default="all",
-                   help="'all' (crackloc, the 5 baselines, the ablations) or a comma list, e.g. "
-                        "crackloc,resnet18_cam,ablation:single_scale")
+                   help="'all' (crackloc, the 5 baselines, the ablations), 'all+' (also stage 2 'crackseg', "
+                        "trained from each seed's crackloc run, and the training-free floors darkness, blackhat, "
+                        "ridge, blackhat_ridge_shape) or a comma list, e.g. crackloc,crackseg,ridge")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds (default 0,1,2)")
     p.add_argument("--out", required=True, help="experiment folder EXP (rerun the same command to resume)")
     p.add_argument("--masks", help="folder with images/ and masks/ to score localisation against human masks")

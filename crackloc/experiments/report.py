@@ -13,7 +13,14 @@ from typing import Any
 
 from crackloc.errors import CracklocError
 from crackloc.experiments.aggregate import CLASSIFICATION, collect_rows, write_csv, write_results
-from crackloc.experiments.methods import ABLATION_USES_PSEUDO_MASKS, table_source
+from crackloc.experiments.methods import (
+    ABLATION_USES_PSEUDO_MASKS,
+    FLOORS,
+    PROPOSED,
+    STAGE2,
+    localization_settings,
+    table_source,
+)
 from crackloc.io import write_text
 
 TABLE1: dict[str, tuple[str, tuple[float, ...]]] = {  # paper Table I: mean, std per metric
@@ -105,7 +112,7 @@ def iou_table(summary: dict) -> tuple[str, list[dict[str, Any]]]:
 def human_mask_table(summary: dict) -> tuple[str, list[dict[str, Any]]] | None:
     """PxAP / F1 / IoU against human masks per method, or None when no run was scored."""
     keys = ("pxap", "loc_f1", "loc_iou", "loc_ods_f1", "loc_ois_f1")
-    order = [*TABLE1, *(m for m, *_ in TABLE2)]
+    order = [*TABLE1, *(m for m, *_ in TABLE2), STAGE2, *FLOORS]
     methods = sorted((m for m in summary["methods"] if (_stat(summary, m, "pxap") or {}).get("n")),
                      key=lambda m: (order.index(m) if m in order else len(order), m))
     if not methods:
@@ -139,6 +146,20 @@ def _header(exp: Path, spec: dict, results: list[dict]) -> str:
     ])
 
 
+def _tiling(spec: dict) -> str:
+    """How the human-mask images were tiled: the stage-1 scale and gate, and stage 2's and the floors'."""
+    base = {"scale": spec.get("loc_scale", 1.0), "gate": spec.get("loc_gate", False)}
+
+    def said(method: str) -> str:
+        scale, gate = localization_settings(method, **base)
+        return f"scale {float(scale)}, gate {'on' if gate else 'off'}"
+
+    methods = spec.get("methods", [])
+    extra = [f"{name} at {said(m)}" for name, m in (("stage 2", STAGE2), ("the floors", FLOORS[0]))
+             if m in methods or (m == FLOORS[0] and set(FLOORS) & set(methods))]
+    return f"tiled at {said(PROPOSED)}" + (f" ({'; '.join(extra)})" if extra else "")
+
+
 def build_report(exp: str | Path, *, figures: bool = True, n_images: int = 4) -> Path:
     """Write EXP/report/report.md, the tables as CSV and the figures; returns report.md's path."""
     exp = Path(exp)
@@ -157,8 +178,7 @@ def build_report(exp: str | Path, *, figures: bool = True, n_images: int = 4) ->
     human = human_mask_table(summary)
     if human:
         sections.append((f"Localisation against human masks (`{spec.get('masks')}`, {spec.get('max_images')} "
-                         f"images per run; tiled at scale {spec.get('loc_scale', 1.0)}, gate "
-                         f"{'on' if spec.get('loc_gate', False) else 'off'}; F1/IoU at the threshold chosen on "
+                         f"images per run; {_tiling(spec)}; F1/IoU at the threshold chosen on "
                          "a dev part of those images, 2 px tolerance)", "human_masks", human))
     for title, name, (markdown, rows) in sections:
         parts += ["", f"## {title}", "", markdown]

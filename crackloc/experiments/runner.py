@@ -7,6 +7,10 @@ EXP/
   runs/<method>/seed<k>/   a `crackloc train` run folder (+ localization/ with --masks)
   results.csv, summary.json  per-run metrics; mean ± std per method and paired t-tests
 
+Stage 2 (`crackseg`) starts from the proposed run of its seed (`model.init_from`), so that run goes
+first; the training-free floors train nothing (their run folder holds the model file and the
+validation threshold). Each kind of map is tiled at its own scale (`methods.localization_settings`).
+
 A run whose metrics.json exists (and localization/metrics.json, with --masks) is skipped; a
 run with a config.yaml but no model.pt resumes from its Lightning checkpoints.
 
@@ -40,7 +44,15 @@ from crackloc.errors import CracklocError
 from crackloc.evaluation.evaluate import evaluate_run
 from crackloc.evaluation.localize_run import evaluate_localization, fixed_partition
 from crackloc.experiments.aggregate import write_results
-from crackloc.experiments.methods import ALL_METHODS, method_dir, method_model_config
+from crackloc.experiments.methods import (
+    ALL_METHODS,
+    PROPOSED,
+    STAGE2,
+    STAGE2_TRAIN,
+    localization_settings,
+    method_dir,
+    method_model_config,
+)
 from crackloc.inference.predictor import Predictor
 from crackloc.io import write_json
 from crackloc.training.fit import per_device_batch
@@ -87,6 +99,8 @@ def method_config(spec: ExperimentSpec, method: str, seed: int, manifest: Path) 
     cfg = apply_overrides(cfg, {**spec.overrides, "train.seed": seed, "data.manifest": str(manifest),
                                 "data.data": spec.data or None, **gpu_overrides(spec.gpus_per_run)})
     cfg.model = method_model_config(cfg.model, method)
+    if method == STAGE2:  # trained from the same seed's proposed run: its encoder, and its maps for the labels
+        cfg = apply_overrides(cfg, {**STAGE2_TRAIN, "model.init_from": str(run_dir(spec.out, PROPOSED, seed) / "model.pt")})
     return cfg
 
 
@@ -143,20 +157,22 @@ def record_spec(spec: ExperimentSpec, manifest: Path) -> None:
     write_json(path, record)
 
 
-def localization_config(spec: ExperimentSpec, *, image_size: int | None) -> InferenceConfig:
-    """How the experiment maps human-mask images: the inference defaults, spec's scale and gate."""
-    cfg = InferenceConfig(scale=spec.loc_scale, gate=spec.loc_gate)
+def localization_config(spec: ExperimentSpec, *, image_size: int | None, method: str = PROPOSED) -> InferenceConfig:
+    """How the experiment maps human-mask images: the inference defaults, spec's scale and gate
+    (stage 2 and the floors at their own scale: `methods.localization_settings`)."""
+    scale, gate = localization_settings(method, scale=spec.loc_scale, gate=spec.loc_gate)
+    cfg = InferenceConfig(scale=scale, gate=gate)
     return cfg if image_size is None else dataclasses.replace(cfg, tile=image_size)
 
 
-def localize(run: Path, spec: ExperimentSpec, *, image_size: int, progress: bool) -> dict:
+def localize(run: Path, spec: ExperimentSpec, *, image_size: int, progress: bool, method: str = PROPOSED) -> dict:
     """Score RUN/model.pt's tiled heatmaps against human masks into RUN/localization/.
 
     The threshold is chosen on images of the fixed dev partition (the one that chose scale,
     gate and AHR cut), and only images outside it are scored: asserted here.
     """
     dev, test = fixed_partition(MaskDataset(spec.masks).stems, max_images=spec.max_images)
-    predictor = Predictor(run / "model.pt", localization_config(spec, image_size=image_size))
+    predictor = Predictor(run / "model.pt", localization_config(spec, image_size=image_size, method=method))
     metrics = evaluate_localization(predictor, spec.masks, run / "localization", partition=(dev, test),
                                     n_overlays=4, progress=progress)
     settings_dev, _ = fixed_partition(MaskDataset(spec.masks).stems)
@@ -172,11 +188,14 @@ def run_one(spec: ExperimentSpec, method: str, seed: int, manifest: Path, *, pro
     if (run / "metrics.json").is_file() and loc_done:
         return "skipped"
     cfg = method_config(spec, method, seed, manifest)
+    if method == STAGE2 and not (run / "model.pt").is_file() and not Path(cfg.model.init_from).is_file():
+        raise CracklocError(f"{method} seed {seed} starts from {cfg.model.init_from}: run {PROPOSED} first "
+                            f"(--methods {PROPOSED},{STAGE2})")
     if not (run / "model.pt").is_file():
         train_run(cfg, run, resume=(run / "config.yaml").is_file(), progress=progress,
                   teacher_dir=spec.out / "teachers" / f"seed{seed}")
     if not loc_done:
-        localize(run, spec, image_size=cfg.data.image_size, progress=progress)
+        localize(run, spec, image_size=cfg.data.image_size, progress=progress, method=method)
     if not (run / "metrics.json").is_file():  # written last: the run's completion marker
         evaluate_run(run, progress=progress)
     return "done"

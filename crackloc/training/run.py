@@ -287,6 +287,11 @@ def _train_pipeline(cfg: RunConfig, out: Path, splits: dict[str, DecodedSplit], 
     shared = Path(teacher_dir) if teacher_dir is not None else out
     if ranks.is_zero:
         shared.mkdir(parents=True, exist_ok=True)
+    if not getattr(built[1].model, "trainable", True):  # a training-free floor: only the val threshold
+        if ranks.is_zero:
+            _finish(cfg, out, splits, built[1].model, t0=t0)
+        ranks.barrier()
+        return out / "model.pt"
     source, grid = student_pseudo(cfg, built[1].model)
     teacher = None
     if source != "refined":  # stage 2 learns from the stage-1 model file (model.init_from), not a teacher
