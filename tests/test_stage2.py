@@ -8,13 +8,15 @@ import torch.nn.functional as F
 from crackloc.config import ModelConfig, TrainConfig
 from crackloc.data.dataset import DecodedSplit
 from crackloc.data.synthetic import make_crack_image, make_crack_set
-from crackloc.tensors import predict_batches
+from crackloc.tensors import MAP_ALIGNMENT, predict_batches
 from crackloc.training.fit import fit_model
 from crackloc.training.refine_labels import (
     IGNORE,
     RefineConfig,
+    _dilate,
     otsu_threshold,
     refine_pseudo_labels,
+    self_training_labels,
 )
 
 
@@ -69,11 +71,19 @@ def test_tiny_stage2_learns_the_fixture(tmp_path):
     threshold = max((0.3, 0.4, 0.5, 0.6, 0.7, 0.8), key=lambda t: f1_at(val.images, val_masks, t))
     f1 = f1_at(test.images, test_masks, threshold)
     assert f1 >= 0.8, (f1, threshold)
+    # a self-training round's labels: the model's own confident pixels, still on the drawn cracks
+    own = self_training_labels(model, train.images, train.labels, precision="32")
+    crack, truth = own == 1, train_masks > 0
+    assert int(own[train.labels < 0.5].count_nonzero()) == 0  # crack-free patches stay background
+    assert int((crack & truth).sum()) / int((crack | truth).sum()) >= 0.6
+    ring = _dilate(crack, 1) & ~crack  # the 1 px rim around every confident crack pixel is ignored
+    assert bool(ring.any()) and bool((own[ring] == IGNORE).all())
 
 
-def test_stage2_trains_from_a_stage1_model_file_by_one_command(tiny_run, crack_folder, tmp_path):
+def test_stage2_trains_from_a_stage1_model_file_by_one_command(tiny_run, crack_folder, tmp_path, monkeypatch):
     import json
 
+    import crackloc.training.run as run_module
     from crackloc.cli import main
 
     out = tmp_path / "stage2"
@@ -85,6 +95,22 @@ def test_stage2_trains_from_a_stage1_model_file_by_one_command(tiny_run, crack_f
     assert cache["source"] == "refined" and tuple(cache["masks"].shape[-2:]) == (112, 112)
     assert set(cache["masks"].unique().tolist()) <= {0, 1, IGNORE}
     assert json.loads((out / "train_summary.json").read_text())["role"] == "student"
+    # a self-training round starts from every weight of the stage-2 file and learns its confident pixels
+    from crackloc.models.checkpoint import load_model
+    from crackloc.models.registry import build_model
+
+    again = build_model(ModelConfig(name="crackseg", pretrained="none", init_from=str(out / "model.pt")))
+    assert torch.equal(again.head.weight, load_model(out / "model.pt")[0].head.weight.float())
+    made, real = [], run_module.self_training_labels
+    monkeypatch.setattr(run_module, "self_training_labels", lambda *a, **k: made.append(a[0]) or real(*a, **k))
+    round2 = tmp_path / "round2"
+    assert main(["train", "--data", str(crack_folder), "--preset", "tiny", "--out", str(round2), "--pretrained",
+                 "none", "--model", "crackseg", "--init-from", str(out / "model.pt"), "--epochs", "1",
+                 "--select-by", "last", "--max-train", "16", "--no-eval"]) == 0
+    assert len(made) == 1 and made[0].cfg.name == "crackseg"  # its own confident pixels, not a refinement
+    saved = torch.load(round2 / "pseudo_masks.pt", weights_only=True)
+    assert set(saved["masks"].unique().tolist()) <= {0, 1, IGNORE}
+    assert saved["origin"] == run_module.file_digest(out / "model.pt") != cache["origin"]  # keyed by its maker
 
 
 def test_gated_decoding_skips_only_windows_below_the_probability():
@@ -104,3 +130,53 @@ def test_gated_decoding_skips_only_windows_below_the_probability():
     assert torch.equal(gated_logits, logits)
     torch.testing.assert_close(gated[keep], full[keep], atol=1e-5, rtol=1e-4)
     assert float(gated[~keep].max()) < 1e-6
+
+
+def test_zoom_out_keeps_labels_on_the_thinner_crack():
+    """Shrunk and mirrored back, the crack label still covers exactly the (now thinner) dark band."""
+    from crackloc.data.dataset import PIXEL_IGNORE, zoom_out
+
+    images = torch.full((1, 3, 224, 224), 200, dtype=torch.uint8)
+    labels = torch.zeros(1, 1, 224, 224, dtype=torch.uint8)
+    images[..., 96:112] = 40  # a 16 px vertical crack
+    labels[..., 96:112] = 1
+    labels[..., 94:96] = labels[..., 112:114] = PIXEL_IGNORE  # its uncertain rim
+    torch.manual_seed(0)
+    img, lab = zoom_out(images, labels, factor=0.5)  # 224 → 113 px
+    torch.manual_seed(0)
+    assert torch.equal(zoom_out(images, labels.float(), factor=0.5)[1], lab)  # training passes float labels
+    assert img.shape == images.shape and img.dtype == torch.uint8 and lab.shape == labels.shape
+    assert set(lab.unique().tolist()) <= {0.0, 1.0, float(PIXEL_IGNORE)}
+    dark = img[0, 0] < 120  # [224,224]
+    crack = lab[0, 0] == 1
+    iou = (dark & crack).sum() / (dark | crack).sum()
+    assert iou >= 0.8  # the labels moved with the image
+    assert not ((lab[0, 0] == 0) & dark).any()  # no dark crack pixel is called background
+    for row in (crack[0], crack[111], crack[223]):  # every band not cut by the border is 16 × 113/224 px wide
+        edges = torch.diff(torch.cat([torch.zeros(1), row.float(), torch.zeros(1)])).nonzero().flatten()
+        runs = [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+        inner = [b - a for a, b in runs if a > 0 and b < 224]
+        assert inner and all(7 <= w <= 9 for w in inner), runs
+    same_img, same_lab = zoom_out(images, labels, factor=1.0)
+    assert torch.equal(same_img, images) and torch.equal(same_lab, labels.float())
+
+
+def test_pseudo_mask_caches_are_told_apart_by_what_made_them(tmp_path):
+    """A cached set is reused only for the same CAM cut, or the same stage-2 model file."""
+    from crackloc.config import RunConfig
+    from crackloc.data.dataset import DecodedSplit
+    from crackloc.training.run import _cached, file_digest, made_by
+
+    cfg = RunConfig()
+    assert made_by(cfg, "cam") == ("p95", "")  # the default keeps the plain file name
+    cfg.train.pseudo_percentile = 90.0
+    assert made_by(cfg, "cam") == ("p90", "_p90")
+    (tmp_path / "a.pt").write_bytes(b"one model")
+    cfg.model.init_from = str(tmp_path / "a.pt")
+    digest = file_digest(tmp_path / "a.pt")
+    assert made_by(cfg, "refined") == (digest, f"_{digest[:12]}") and len(digest) == 64
+    split = DecodedSplit(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.tensor([0.0, 1.0]), ["x", "y"])
+    torch.save({"paths": ["x", "y"], "masks": torch.zeros(2, 1, 8, 8), "source": "cam", "alignment": MAP_ALIGNMENT,
+                "target": "binary", "origin": "p95"}, tmp_path / "cache.pt")
+    assert _cached(tmp_path / "cache.pt", split, "cam", (8, 8), "binary", "p95") is not None
+    assert _cached(tmp_path / "cache.pt", split, "cam", (8, 8), "binary", "p90") is None

@@ -29,7 +29,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="teacher target: binary (CAM cut at its 95th percentile, paper) or soft (normalised CAM)")
     g.add_argument("--init-from", dest="model.init_from",
                    help="stage 2 (--model crackseg): the stage-1 model file whose maps give the pseudo-label "
-                        "regions and whose backbone and classifier start the encoder")
+                        "regions and whose backbone and classifier start the encoder; or a stage-2 model file: "
+                        "one self-training round on its own confident pixels, starting from all its weights")
 
 
 @command("split", "group duplicates and write a leak-free 70/15/15 split manifest (CSV)")
@@ -82,6 +83,9 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", dest="train.lr", type=checked("lr", "--lr"))
     p.add_argument("--lr-schedule", dest="train.lr_schedule", choices=choices_of(TrainConfig, "lr_schedule"),
                    help="constant (paper) or cosine (decays to 0 over --epochs, step by step)")
+    p.add_argument("--zoom-out", dest="train.zoom_out", type=checked("zoom_out", "--zoom-out"),
+                   help="stage 2: shrink half the batches by a random factor in [this, 1] (mirrored back to the "
+                        "patch size) so thinner cracks are seen too; 1 (default): off")
     p.add_argument("--max-train", dest="data.max_train", type=checked("max_train", "--max-train", int),
                    help="cap on training images")
     p.add_argument("--precision", dest="train.precision", choices=choices_of(TrainConfig, "precision"))

@@ -85,6 +85,38 @@ def augment(*maps: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
+PIXEL_IGNORE = 255  # stage-2 pixel label that takes no part in the loss
+
+
+def zoom_out(images: torch.Tensor, labels: torch.Tensor, *, factor: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shrink a batch by `factor` and fill the patch again by mirroring it: thinner cracks, same labels.
+
+    Args:
+        images: uint8 [B,3,S,S].
+        labels: stage-2 pixel labels [B,1,S,S] in {0, 1, PIXEL_IGNORE} (any dtype).
+        factor: in (0.5, 1]; the shrunk patch is at least S/2 + 1 px, so one mirror fills each side.
+
+    Returns:
+        (uint8 [B,3,S,S], float [B,1,S,S]): a pixel is crack where at least half of its source window
+        was crack and none of it ignored, background where all of it was background, and ignored
+        otherwise (mixed border pixels; a crack too thin to fill half a pixel becomes ignore).
+    """
+    size = images.shape[-1]
+    n = min(size, max(size // 2 + 1, round(size * factor)))
+    if n == size:
+        return images, labels.float()
+    left, top = (int(v) for v in torch.randint(0, size - n + 1, (2,)))  # where the shrunk patch sits: anywhere
+    pad = (left, size - n - left, top, size - n - top)
+    img = F.interpolate(images.float(), size=(n, n), mode="bilinear", antialias=True, align_corners=False)
+    img = F.pad(img, pad, mode="reflect").round().clamp(0, 255).to(torch.uint8)  # [B,3,S,S]
+    crack = F.interpolate((labels == 1).float(), size=(n, n), mode="area")  # [B,1,n,n] share of crack
+    known = F.interpolate((labels != PIXEL_IGNORE).float(), size=(n, n), mode="area")
+    out = torch.full_like(crack, float(PIXEL_IGNORE))
+    out[(crack == 0) & (known >= 1 - 1e-6)] = 0.0
+    out[(crack >= 0.5) & (known >= 1 - 1e-6)] = 1.0
+    return img, F.pad(out, pad, mode="reflect")
+
+
 class PatchDataset(Dataset):
     """Indexable view: (image uint8 [3,S,S], label float, pseudo mask float [1,h,w] or empty)."""
 

@@ -150,13 +150,16 @@ def _tiling(spec: dict) -> str:
     """How the human-mask images were tiled: the stage-1 scale and gate, and stage 2's and the floors'."""
     base = {"scale": spec.get("loc_scale", 1.0), "gate": spec.get("loc_gate", False)}
 
+    recorded = spec.get("inference_by_method", {})  # what the runs used (older folders: today's rule)
+
     def said(method: str) -> str:
-        scale, gate = localization_settings(method, **base)
+        scale, gate = (recorded[method]["scale"], recorded[method]["gate"]) if method in recorded else \
+            localization_settings(method, **base)
         return f"scale {float(scale)}, gate {'on' if gate else 'off'}"
 
     methods = spec.get("methods", [])
-    extra = [f"{name} at {said(m)}" for name, m in (("stage 2", STAGE2), ("the floors", FLOORS[0]))
-             if m in methods or (m == FLOORS[0] and set(FLOORS) & set(methods))]
+    floor = next((f for f in FLOORS if f in methods), None)
+    extra = [f"{name} at {said(m)}" for name, m in (("stage 2", STAGE2), ("the floors", floor)) if m in methods]
     return f"tiled at {said(PROPOSED)}" + (f" ({'; '.join(extra)})" if extra else "")
 
 

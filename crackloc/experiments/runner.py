@@ -153,7 +153,10 @@ def record_spec(spec: ExperimentSpec, manifest: Path) -> None:
               "methods": list(dict.fromkeys(saved.get("methods", []) + spec.methods)),
               "seeds": sorted(set(saved.get("seeds", [])) | set(spec.seeds)),
               "experiment_preset": EXPERIMENT_BUDGET.get(spec.preset, {}), "gpus_per_run": spec.gpus_per_run,
-              "inference": dataclasses.asdict(localization_config(spec, image_size=None))}
+              "inference": dataclasses.asdict(localization_config(spec, image_size=None)),
+              "inference_by_method": {**saved.get("inference_by_method", {}), **{
+                  m: {"scale": c.scale, "gate": c.gate} for m in spec.methods
+                  for c in [localization_config(spec, image_size=None, method=m)]}}}
     write_json(path, record)
 
 
@@ -210,7 +213,7 @@ def run_experiment(spec: ExperimentSpec, *, progress: bool = True,
     if spec.preset not in PRESETS:
         raise CracklocError(f"unknown preset {spec.preset!r} (choose {', '.join(PRESETS)})")
     check_gpus(spec)
-    spec.out = Path(spec.out)
+    spec.out = Path(spec.out).resolve()  # stage 2's init_from is saved in its run config: no relative paths
     spec.out.mkdir(parents=True, exist_ok=True)
     manifest = ensure_split(spec, progress=progress)
     record_spec(spec, manifest)

@@ -107,14 +107,16 @@ class CrackSegNet(LocalizationModel):
 
 
 def load_stage1(model: CrackSegNet, path: str) -> str:
-    """Copy a stage-1 model file's backbone stages and classifier into `model` (shapes must match)."""
+    """Copy a stage-1 model file's backbone stages and classifier into `model` (shapes must match);
+    from a stage-2 file (a self-training round) every weight, decoder included."""
     from crackloc.errors import CracklocError
     from crackloc.models.checkpoint import read_model_file
 
-    sd = read_model_file(path)["state_dict"]
+    payload = read_model_file(path)
+    sd, whole = payload["state_dict"], payload["config"].get("name") == "crackseg"
     own = model.state_dict()
-    usable = {k: v.float() for k, v in sd.items()
-              if (k.startswith("backbone.") or k.startswith("fc.")) and k in own and own[k].shape == v.shape}
+    usable = {k: v.float() for k, v in sd.items() if (whole or k.startswith("backbone.") or k.startswith("fc."))
+              and k in own and own[k].shape == v.shape}
     if not any(k.startswith("backbone.") for k in usable):
         raise CracklocError(f"{path}: no backbone weights that fit the {model.cfg.backbone} encoder")
     model.load_state_dict(usable, strict=False)

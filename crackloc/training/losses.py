@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE = 255  # pixel label that takes no part in the loss (the refinement's uncertain band)
+from crackloc.data.dataset import PIXEL_IGNORE as IGNORE  # the refinement's uncertain band
 
 
 def pixel_loss(map_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAUROC
 
 from crackloc.config import ModelConfig, TrainConfig
-from crackloc.data.dataset import augment
+from crackloc.data.dataset import augment, zoom_out
 from crackloc.io import atomic_write
 from crackloc.models.fusion import align_to
 from crackloc.tensors import to_input
@@ -43,8 +43,12 @@ class LitLocalizer(L.LightningModule):
         use_l1 = self.model.uses_pseudo_masks and pseudo.dim() == 4 and self.train_cfg.lambda_l1 > 0
         if self.train_cfg.augment:  # at pixel level, so the masks move exactly with the image
             images, pseudo = augment(images, pseudo)
+        stage2 = use_l1 and getattr(self.model, "pseudo_source", "") == "refined"  # pixel labels, ignore band
+        if stage2 and self.train_cfg.zoom_out < 1 and bool(torch.rand(()) < 0.5):
+            factor = self.train_cfg.zoom_out + (1 - self.train_cfg.zoom_out) * float(torch.rand(()))
+            images, pseudo = zoom_out(images, pseudo, factor=factor)
         x = to_input(images, channels_last=self.train_cfg.channels_last)
-        if use_l1 and getattr(self.model, "pseudo_source", "") == "refined":  # stage 2: labels with an ignore band
+        if stage2:
             logits, map_logits = self.model.forward_dense(x)
             bce = F.binary_cross_entropy_with_logits(logits.float(), labels)
             loss = bce + self.train_cfg.lambda_l1 * pixel_loss(map_logits, pseudo)

@@ -24,10 +24,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from crackloc.data.dataset import PIXEL_IGNORE as IGNORE
 from crackloc.models.filters import blackhat_response, grey
 from crackloc.tensors import autocast_for, to_input
-
-IGNORE = 255
 
 
 @dataclass
@@ -137,4 +136,38 @@ def refined_labels(stage1: torch.nn.Module, images: torch.Tensor, labels: torch.
             _, maps = stage1(to_input(images[idx], channels_last=False))  # [b,1,S,S]
         for j, i in enumerate(idx):
             out[i] = refine_one(images[i], maps[j].float(), cfg or RefineConfig())
+    return out
+
+
+SELF_CRACK = 0.5  # self-training: pixels the model maps at or above this are crack ...
+SELF_BACKGROUND = 0.1  # ... at or below this background, in between ignored
+
+
+@torch.no_grad()
+def self_training_labels(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
+                         band: int = 1, batch_size: int = 32, precision: str = "bf16",
+                         progress: bool = False) -> torch.Tensor:
+    """A stage-2 model's own confident pixels as labels for one more round: → uint8 [N,1,S,S].
+
+    Crack patches: crack where the map is ≥ SELF_CRACK, background where it is ≤ SELF_BACKGROUND,
+    ignored in between and in a `band` px ring around the crack (edges are uncertain). A crack patch
+    with no confident pixel is all ignored (only its image label trains): calling its missed crack
+    background would teach the miss. Crack-free patches are all background, as in the first round.
+    """
+    model = model.eval()
+    out = torch.zeros(images.shape[0], 1, *images.shape[-2:], dtype=torch.uint8)
+    pos = torch.nonzero(labels > 0.5).flatten().tolist()
+    for start in tqdm(range(0, len(pos), batch_size), desc="self-training labels", disable=not progress,
+                      leave=False):
+        idx = pos[start:start + batch_size]
+        with autocast_for("cpu" if images.device.type == "cpu" else images.device, precision):
+            _, logits = model.forward_dense(to_input(images[idx], channels_last=False))  # [b,1,S,S]
+        p = torch.sigmoid(logits.float())
+        crack = p >= SELF_CRACK
+        block = torch.full_like(p, float(IGNORE), dtype=torch.float32)
+        block[p <= SELF_BACKGROUND] = 0
+        block[_dilate(crack, band)] = IGNORE
+        block[crack] = 1
+        block[~crack.flatten(1).any(dim=1)] = IGNORE  # a crack patch the model found nothing in: unknown pixels
+        out[idx] = block.to(torch.uint8)
     return out

@@ -22,6 +22,7 @@ model.pt and train_summary.json. Lightning's own checkpoints and epoch CSVs are 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
@@ -33,7 +34,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from crackloc.config import RunConfig, from_dict, load_config, save_config
+from crackloc.config import RunConfig, TrainConfig, from_dict, load_config, save_config
 from crackloc.data.dataset import DecodedSplit
 from crackloc.data.manifest import (
     check_parts,
@@ -50,8 +51,10 @@ from crackloc.tensors import MAP_ALIGNMENT, predict_batches
 from crackloc.training.ddt import ddt_pseudo_masks
 from crackloc.training.fit import Ranks, fit_model, per_device_batch
 from crackloc.training.pseudo import pseudo_masks
-from crackloc.training.refine_labels import refined_labels
+from crackloc.training.refine_labels import refined_labels, self_training_labels
 from crackloc.training.threshold import choose_threshold
+
+DEFAULT_PSEUDO_PERCENTILE = TrainConfig.pseudo_percentile
 
 
 def student_pseudo(cfg: RunConfig, model: torch.nn.Module) -> tuple[str | None, tuple[int, int]]:
@@ -165,24 +168,53 @@ def train_teacher(cfg: RunConfig, out: Path, splits: dict[str, DecodedSplit], *,
 
 
 def _cached(path: Path | None, train: DecodedSplit, source: str, grid: tuple[int, int],
-            target: str) -> torch.Tensor | None:
+            target: str, origin: str | None = None) -> torch.Tensor | None:
     """The masks in a pseudo-mask cache file if it was made for these images, source, size, cell
-    alignment and target kind (files from before `MAP_ALIGNMENT`, or on a student's grid, are remade)."""
+    alignment, target kind and `made_by` (files from before `MAP_ALIGNMENT`, on a student's grid,
+    or without `origin`, are remade)."""
     if path is None or not path.is_file():
         return None
     cached = torch.load(path, map_location="cpu", weights_only=True)
     fits = (cached["paths"] == train.paths and cached.get("source", "cam") == source
             and tuple(cached["masks"].shape[-2:]) == tuple(grid) and cached.get("alignment") == MAP_ALIGNMENT
-            and cached.get("target", "binary") == target)
+            and cached.get("target", "binary") == target and cached.get("origin") == origin)
     return cached["masks"] if fits else None
 
 
+def made_by(cfg: RunConfig, source: str) -> tuple[str | None, str]:
+    """What else decides a pseudo-mask set, and the cache-name suffix that tells sets apart.
+
+    Stage 2: the model file that made the labels (its sha256). Binary CAM masks: the percentile
+    they are cut at (the default 95 keeps the plain name).
+    """
+    if source == "refined" and cfg.model.init_from:
+        digest = file_digest(cfg.model.init_from)
+        return digest, f"_{digest[:12]}"
+    if source == "cam" and cfg.train.pseudo_target == "binary":
+        pct = cfg.train.pseudo_percentile
+        return f"p{pct:g}", "" if pct == DEFAULT_PSEUDO_PERCENTILE else f"_p{pct:g}"
+    return None, ""
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes (hex): which model file made a set of stage-2 labels."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def stage2_labels(cfg: RunConfig, train: DecodedSplit, *, progress: bool) -> torch.Tensor:
-    """Refined pixel pseudo-labels of the training split from the stage-1 model `model.init_from`."""
+    """Pixel pseudo-labels of the training split from the model file `model.init_from`: a stage-1
+    model's maps refined by the image, or (self-training round) a stage-2 model's own confident pixels."""
     if not cfg.model.init_from:
         raise CracklocError("stage 2 needs a stage-1 model file: set model.init_from (--init-from RUN/model.pt)")
-    stage1 = load_model(cfg.model.init_from)[0]
-    return refined_labels(stage1, train.images, train.labels, precision=cfg.train.precision, progress=progress)
+    source = load_model(cfg.model.init_from)[0]
+    if getattr(source, "pseudo_source", "") == "refined":
+        return self_training_labels(source, train.images, train.labels, precision=cfg.train.precision,
+                                    progress=progress)
+    return refined_labels(source, train.images, train.labels, precision=cfg.train.precision, progress=progress)
 
 
 def cached_pseudo_masks(cfg: RunConfig, out: Path, teacher: torch.nn.Module | None, train: DecodedSplit, *,
@@ -192,13 +224,15 @@ def cached_pseudo_masks(cfg: RunConfig, out: Path, teacher: torch.nn.Module | No
 
     Made at `grid` = the patch size, so they do not depend on the student (its cells are read
     off them in the training step). Cached as RUN/pseudo_masks.pt and, with `shared`, also as
-    shared/pseudo_{source}[_soft]_{h}x{w}.pt for the other runs that share the teacher.
+    shared/pseudo_{source}[_soft]_{h}x{w}[_{digest}].pt for the other runs that share the teacher
+    (stage 2's labels carry the sha256 of the model file that made them; CAM masks their cut).
     """
     path = out / "pseudo_masks.pt"
     kind = "" if cfg.train.pseudo_target == "binary" else f"_{cfg.train.pseudo_target}"
-    keyed = shared / f"pseudo_{source}{kind}_{grid[0]}x{grid[1]}.pt" if shared else None
+    origin, suffix = made_by(cfg, source)
+    keyed = shared / f"pseudo_{source}{kind}_{grid[0]}x{grid[1]}{suffix}.pt" if shared else None
     for candidate in (path, keyed):
-        masks = _cached(candidate, train, source, grid, cfg.train.pseudo_target)
+        masks = _cached(candidate, train, source, grid, cfg.train.pseudo_target, origin)
         if masks is not None:
             if candidate != path:
                 link_file(candidate, path)
@@ -214,7 +248,7 @@ def cached_pseudo_masks(cfg: RunConfig, out: Path, teacher: torch.nn.Module | No
                              percentile=cfg.train.pseudo_percentile, negatives=cfg.train.negative_pseudo,
                              target=cfg.train.pseudo_target, precision=cfg.train.precision, progress=progress)
     save_torch(path, {"paths": train.paths, "masks": masks, "source": source, "alignment": MAP_ALIGNMENT,
-                      "target": cfg.train.pseudo_target})
+                      "target": cfg.train.pseudo_target, "origin": origin})
     if keyed is not None:
         link_file(path, keyed)
     return masks
