@@ -68,6 +68,9 @@ def main() -> None:
     p.add_argument("--gates", default="off,on", help="gate settings tried on dev for the model files")
     p.add_argument("--floor-gates", default="off,on", help="gate settings tried on dev for the floors")
     p.add_argument("--out", required=True)
+    p.add_argument("--overlays", type=int, default=0,
+                   help="test images drawn in each row's overlays.png (default 0; CrackForest's licence is "
+                        "non-commercial: never commit figures that show its images)")
     p.add_argument("--update", action="store_true",
                    help="keep the rows of OUT/table.json that this run does not redo (same row name: replaced)")
     a = p.parse_args()
@@ -88,7 +91,7 @@ def main() -> None:
         t0 = time.time()
         cfg, tried = choose_on_dev(source, ds, dev, scales=scales, gates=row_gates)
         m = evaluate_localization(make_predictor(source, cfg), a.data, out / label.split()[0],
-                                  partition=(dev, test), progress=False, n_overlays=3)
+                                  partition=(dev, test), progress=False, n_overlays=a.overlays)
         results.append({"row": label, "source": source, "scale": "auto" if cfg.auto_scale else cfg.scale,
                         "gate": cfg.gate, "dev": tried,
                          "seconds": round(time.time() - t0, 1),

@@ -137,6 +137,9 @@ class InferenceConfig:
     scale: float = 1.0  # resize factor applied to the photo before tiling
     auto_scale: bool = False  # choose the scale per photo from its estimated crack width (overrides scale)
     gate: bool = True  # weight each window's map by its crack probability
+    # average the map with that of the photo turned 180° (and turned back): a learned shift of the
+    # map cancels (stage 1 draws lines 3-8 px down-left); 2x the model time
+    half_turn: bool = False
     ahr_percentile: float | None = 50.0  # AHR cut at inference (None = as trained, 90)
     precision: Precision = "bf16"  # bf16 autocast + channels_last, or fp32
     backend: Backend = "torch"  # torch or ONNX Runtime

@@ -173,3 +173,15 @@ def test_score_folder_is_the_loop_of_evaluate_localization(model_file, mask_fold
     ds = MaskDataset(mask_folder)
     res = localize_run.score_folder(pred, ds, ds.stems, tolerance=2)
     assert res["n_images"] == 3 and 0.0 <= res["pxap"] <= 1.0 and 0.0 <= res["best_f1"] <= 1.0
+
+
+def test_half_turn_runs_on_onnx_and_matches_torch(model_file, tmp_path):
+    """--half-turn runs on either backend alike: the same averaged map from torch fp32 and ONNX."""
+    image = torch.randint(0, 256, (3, 130, 150), dtype=torch.uint8)
+    cfg = InferenceConfig(tile=64, precision="32", half_turn=True)
+    torch_map = Predictor(model_file, cfg).predict(image)
+    onnx_map = Predictor(model_file, dataclasses.replace(cfg, backend="onnx"), cache_dir=tmp_path).predict(image)
+    plain = Predictor(model_file, dataclasses.replace(cfg, half_turn=False)).predict(image)
+    assert torch.allclose(torch_map.heatmap, onnx_map.heatmap, atol=2e-3)
+    assert torch_map.probability == pytest.approx(plain.probability, abs=1e-6)  # decisions: the plain windows'
+    assert not torch.allclose(torch_map.heatmap, plain.heatmap, atol=1e-3)

@@ -93,3 +93,24 @@ def test_map_lies_on_drawn_lines_across_tiles_and_scales(angle):
             off = ridge_offsets(pred.heatmap, dist)
             assert len(off) > 20
             assert abs(float(off.median())) <= 1.0, (angle, scale, offset, float(off.median()))
+
+
+class ShiftedDarkness(StridedDarkness):
+    """StridedDarkness drawn 4 px down and 6 px left of the line: a learned shift, as stage 1 has."""
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, heat = super().forward(x)
+        return logits, torch.roll(heat, shifts=(4, -6), dims=(-2, -1))
+
+
+@pytest.mark.parametrize("angle", [0, 30, 60, 90, 120])  # at 150° this shift runs along the line
+def test_half_turn_cancels_a_learned_shift(angle):
+    """Averaging the map with that of the photo turned 180° (turned back) puts it back on the line."""
+    model = ShiftedDarkness()
+    img, _, dist = draw_line(520, 600, angle_deg=angle, offset=7.0)
+    cfg = InferenceConfig(gate=False, precision="32")
+    shifted = ridge_offsets(Predictor.from_model(model, cfg).predict(img).heatmap, dist).median()
+    fixed = ridge_offsets(Predictor.from_model(model, InferenceConfig(gate=False, precision="32", half_turn=True))
+                          .predict(img).heatmap, dist).median()
+    assert abs(float(shifted)) >= 2.5, float(shifted)  # the shift shows: 4·cos θ + 6·sin θ across the line
+    assert abs(float(fixed)) <= 1.0, (angle, float(fixed))

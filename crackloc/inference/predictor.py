@@ -124,14 +124,22 @@ class Predictor:
         """uint8 [3,H,W] → Prediction (heatmap [H,W], probability = max over windows)."""
         cfg = self.cfg
         scale = auto_scale(image) if cfg.auto_scale else cfg.scale
-        res = predict_tiled(self.model, image, tile=cfg.tile, overlap=cfg.overlap, scale=scale,
-                            batch_size=cfg.batch_size, gate=cfg.gate, device=self.device,
-                            amp_dtype=torch.bfloat16 if cfg.precision == "bf16" else None,
-                            channels_last=cfg.precision == "bf16")
-        if not math.isfinite(res.probability) or not bool(torch.isfinite(res.heatmap).all()):
+        res = self._tiled(image, scale)
+        heatmap = res.heatmap
+        if cfg.half_turn:  # the photo turned 180°, mapped, turned back: a learned map shift cancels
+            heatmap = (heatmap + self._tiled(image.flip(-2, -1), scale).heatmap.flip(-2, -1)) / 2  # [H,W]
+        if not math.isfinite(res.probability) or not bool(torch.isfinite(heatmap).all()):
             raise CracklocError(f"{self.checkpoint}: the model returned NaN or infinite values "
                                 "(damaged weights?)")
-        return Prediction(float(res.probability), res.heatmap.cpu(), len(res.tile_probs), scale=scale)
+        return Prediction(float(res.probability), heatmap.cpu(), len(res.tile_probs), scale=scale)
+
+    def _tiled(self, image: torch.Tensor, scale: float):
+        """One tiled pass of the model over the image at `scale` (`predict_tiled`)."""
+        cfg = self.cfg
+        return predict_tiled(self.model, image, tile=cfg.tile, overlap=cfg.overlap, scale=scale,
+                             batch_size=cfg.batch_size, gate=cfg.gate, device=self.device,
+                             amp_dtype=torch.bfloat16 if cfg.precision == "bf16" else None,
+                             channels_last=cfg.precision == "bf16")
 
 
 def heatmap_stats(heatmap: torch.Tensor, *, threshold: float = 0.5) -> dict:
