@@ -145,12 +145,14 @@ SELF_BACKGROUND = 0.1  # ... at or below this background, in between ignored
 
 @torch.no_grad()
 def self_training_labels(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
-                         band: int = 1, batch_size: int = 32, precision: str = "bf16",
+                         band: int = 0, batch_size: int = 32, precision: str = "bf16",
                          progress: bool = False) -> torch.Tensor:
     """A stage-2 model's own confident pixels as labels for one more round: → uint8 [N,1,S,S].
 
     Crack patches: crack where the map is ≥ SELF_CRACK, background where it is ≤ SELF_BACKGROUND,
-    ignored in between and in a `band` px ring around the crack (edges are uncertain). A crack patch
+    ignored in between and, with `band` > 0, in a ring of that many px around the crack. No ring by
+    default: the model's own 0.5 boundary is where widths are measured, and an ignored ring let
+    a round grow a drawn 15 px crack to 16 px (round 1's ring is for the refinement's edges). A crack patch
     with no confident pixel is all ignored (only its image label trains): calling its missed crack
     background would teach the miss. Crack-free patches are all background, as in the first round.
     """
