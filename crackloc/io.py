@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -180,3 +181,12 @@ def list_images(folder: str | Path) -> list[Path]:
 def rgb_to_tensor(arr: np.ndarray) -> torch.Tensor:
     """uint8 HxWx3 → uint8 tensor [3,H,W]."""
     return torch.from_numpy(np.array(arr, dtype=np.uint8, order="C")).permute(2, 0, 1).contiguous()
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's content (hex), read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -126,17 +126,29 @@ def refined_labels(stage1: torch.nn.Module, images: torch.Tensor, labels: torch.
 
     Batch by batch, so the float maps of a whole split are never held at once.
     """
-    stage1 = stage1.eval()
     out = torch.zeros(images.shape[0], 1, *images.shape[-2:], dtype=torch.uint8)
-    pos = torch.nonzero(labels > 0.5).flatten().tolist()
-    for start in tqdm(range(0, len(pos), batch_size), desc="stage-2 pseudo-labels", disable=not progress,
-                      leave=False):
-        idx = pos[start:start + batch_size]
-        with autocast_for("cpu" if images.device.type == "cpu" else images.device, precision):
-            _, maps = stage1(to_input(images[idx], channels_last=False))  # [b,1,S,S]
+    for idx, maps in _maps_of_positives(stage1, images, labels, batch_size=batch_size, precision=precision,
+                                        progress=progress, desc="stage-2 pseudo-labels"):
         for j, i in enumerate(idx):
             out[i] = refine_one(images[i], maps[j].float(), cfg or RefineConfig())
     return out
+
+
+@torch.no_grad()
+def _maps_of_positives(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *, batch_size: int,
+                       precision: str, progress: bool, desc: str, dense: bool = False):
+    """Yield (indices, maps [b,1,S,S]) for the crack patches, batch by batch, under `precision`'s autocast.
+
+    `dense`: the model's `forward_dense` map logits (stage 2) instead of its heatmap.
+    """
+    model = model.eval()
+    pos = torch.nonzero(labels > 0.5).flatten().tolist()
+    for start in tqdm(range(0, len(pos), batch_size), desc=desc, disable=not progress, leave=False):
+        idx = pos[start:start + batch_size]
+        with autocast_for("cpu" if images.device.type == "cpu" else images.device, precision):
+            x = to_input(images[idx], channels_last=False)
+            _, maps = model.forward_dense(x) if dense else model(x)  # [b,1,S,S]
+        yield idx, maps
 
 
 SELF_CRACK = 0.5  # self-training: pixels the model maps at or above this are crack ...
@@ -156,14 +168,9 @@ def self_training_labels(model: torch.nn.Module, images: torch.Tensor, labels: t
     with no confident pixel is all ignored (only its image label trains): calling its missed crack
     background would teach the miss. Crack-free patches are all background, as in the first round.
     """
-    model = model.eval()
     out = torch.zeros(images.shape[0], 1, *images.shape[-2:], dtype=torch.uint8)
-    pos = torch.nonzero(labels > 0.5).flatten().tolist()
-    for start in tqdm(range(0, len(pos), batch_size), desc="self-training labels", disable=not progress,
-                      leave=False):
-        idx = pos[start:start + batch_size]
-        with autocast_for("cpu" if images.device.type == "cpu" else images.device, precision):
-            _, logits = model.forward_dense(to_input(images[idx], channels_last=False))  # [b,1,S,S]
+    for idx, logits in _maps_of_positives(model, images, labels, batch_size=batch_size, precision=precision,
+                                          progress=progress, desc="self-training labels", dense=True):
         p = torch.sigmoid(logits.float())
         crack = p >= SELF_CRACK
         block = torch.full_like(p, float(IGNORE), dtype=torch.float32)

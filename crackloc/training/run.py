@@ -22,7 +22,6 @@ model.pt and train_summary.json. Lightning's own checkpoints and epoch CSVs are 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
@@ -44,7 +43,7 @@ from crackloc.data.manifest import (
     write_split,
 )
 from crackloc.errors import CracklocError
-from crackloc.io import save_torch, write_json
+from crackloc.io import file_digest, save_torch, write_json
 from crackloc.models.checkpoint import load_model, save_model
 from crackloc.models.registry import build_model
 from crackloc.tensors import MAP_ALIGNMENT, predict_batches
@@ -194,15 +193,6 @@ def made_by(cfg: RunConfig, source: str) -> tuple[str | None, str]:
         pct = cfg.train.pseudo_percentile
         return f"p{pct:g}", "" if pct == DEFAULT_PSEUDO_PERCENTILE else f"_p{pct:g}"
     return None, ""
-
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes (hex): which model file made a set of stage-2 labels."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def stage2_labels(cfg: RunConfig, train: DecodedSplit, *, progress: bool) -> torch.Tensor:

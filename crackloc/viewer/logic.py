@@ -58,6 +58,7 @@ from crackloc.io import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     failure_reason,
+    file_digest,
     load_rgb,
     open_image,
     rgb_to_tensor,
@@ -399,15 +400,6 @@ def export_files(photo: MappedPhoto, report: CrackReport, folder: str | Path, *,
 
 
 # ---- mapping photos, with a cache ------------------------------------------------------------
-
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file's content."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def settings_key(photo_digest: str, model_id: str, cfg: InferenceConfig) -> str:
