@@ -183,10 +183,14 @@ def rgb_to_tensor(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(arr, dtype=np.uint8, order="C")).permute(2, 0, 1).contiguous()
 
 
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file's content (hex), read in 1 MiB blocks."""
+def file_digest(path: str | Path, *, what: str = "file") -> str:
+    """sha256 of a file's content (hex), read in 1 MiB blocks; an unreadable file raises CracklocError
+    ("<path>: cannot read the <what> (<reason>)")."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as exc:
+        raise CracklocError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
     return h.hexdigest()

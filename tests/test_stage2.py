@@ -165,8 +165,11 @@ def test_zoom_out_keeps_labels_on_the_thinner_crack():
 
 def test_pseudo_mask_caches_are_told_apart_by_what_made_them(tmp_path):
     """A cached set is reused only for the same CAM cut, or the same stage-2 model file."""
+    import pytest
+
     from crackloc.config import RunConfig
     from crackloc.data.dataset import DecodedSplit
+    from crackloc.errors import CracklocError
     from crackloc.training.run import _cached, file_digest, made_by
 
     cfg = RunConfig()
@@ -177,6 +180,10 @@ def test_pseudo_mask_caches_are_told_apart_by_what_made_them(tmp_path):
     cfg.model.init_from = str(tmp_path / "a.pt")
     digest = file_digest(tmp_path / "a.pt")
     assert made_by(cfg, "refined") == (digest, f"_{digest[:12]}") and len(digest) == 64
+    cfg.model.init_from = str(tmp_path / "gone.pt")
+    with pytest.raises(CracklocError, match=r"gone.pt: cannot read the file \("):  # one line, not a traceback
+        made_by(cfg, "refined")
+    cfg.model.init_from = str(tmp_path / "a.pt")
     split = DecodedSplit(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.tensor([0.0, 1.0]), ["x", "y"])
     torch.save({"paths": ["x", "y"], "masks": torch.zeros(2, 1, 8, 8), "source": "cam", "alignment": MAP_ALIGNMENT,
                 "target": "binary", "origin": "p95"}, tmp_path / "cache.pt")

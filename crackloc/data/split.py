@@ -9,7 +9,6 @@ to hit 70/15/15. The result is a CSV manifest every later command reuses, and
 from __future__ import annotations
 
 import csv
-import hashlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from tqdm import tqdm
 
 from crackloc.data.folders import LabelledImage
 from crackloc.errors import CracklocError
-from crackloc.io import atomic_write, failure_reason, load_rgb
+from crackloc.io import atomic_write, failure_reason, file_digest, load_rgb
 
 SPLITS = ("train", "val", "test")
 FIELDS = ("path", "label", "split", "group", "sha256", "phash")
@@ -52,14 +51,7 @@ def hash_file(path: Path) -> tuple[str, str]:
     """
     rgb = load_rgb(path)  # HxWx3 uint8
     ph = str(imagehash.phash(Image.fromarray(rgb).convert("L")))
-    sha = hashlib.sha256()
-    try:
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                sha.update(block)
-    except OSError as exc:
-        raise CracklocError(f"{path}: cannot read the file ({exc.strerror or exc})") from None
-    return sha.hexdigest(), ph
+    return file_digest(path), ph
 
 
 def hash_items(items: list[LabelledImage], *, progress: bool = True

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from crackloc.errors import CracklocError
-from crackloc.io import atomic_write
+from crackloc.io import atomic_write, file_digest
 
 ONNX_OPSET = 18
 MIN_OPSET = 18  # onnxscript cannot down-convert the graph (Squeeze/Reduce* axes) below 18
@@ -38,7 +38,6 @@ OUTPUT_NAMES = ("logits", "heatmap")
 VERIFY_TOLERANCE = 1e-3  # max |heatmap diff| and |logit diff| accepted by export's self-check
 CACHE_ENV = "CRACKLOC_CACHE"  # overrides the default ONNX export cache folder
 CACHE_KEY_CHARS = 24  # hex characters of the sha256 kept in cached export names
-_HASH_CHUNK = 1 << 20
 
 
 def _first_line(exc: BaseException) -> str:
@@ -162,18 +161,6 @@ def cache_dir(explicit: str | Path | None = None) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "crackloc"
 
 
-def _file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    try:
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
-                digest.update(chunk)
-    except OSError as exc:
-        raise CracklocError(f"{path}: cannot read the model file ({exc.strerror or exc})") from None
-    return digest.hexdigest()
-
-
 def _canonical(value: Any) -> Any:
     """Numbers as floats (50 and 50.0 are one setting); other values unchanged."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -206,7 +193,7 @@ def onnx_cache_key(checkpoint: Path, *, image_size: int, settings: dict[str, Any
     Returns:
         The first `CACHE_KEY_CHARS` hex characters of a sha256.
     """
-    spec = {"model_sha256": _file_sha256(Path(checkpoint)), "image_size": int(image_size),
+    spec = {"model_sha256": file_digest(checkpoint, what="model file"), "image_size": int(image_size),
             "settings": {str(k): _canonical(v) for k, v in sorted(settings.items())},
             "opset": ONNX_OPSET, **_exporter_versions()}
     text = json.dumps(spec, sort_keys=True, default=repr)
