@@ -27,7 +27,8 @@ from PIL import Image
 from benchmarks.common import cpu_model
 from crackloc.config import InferenceConfig
 from crackloc.inference.predictor import ASSETS
-from crackloc.viewer.logic import PhotoMapper, render_view
+from crackloc.viewer.logic import render_view
+from crackloc.viewer.mapper import PhotoMapper
 
 SIZE = (4032, 3024)
 

@@ -38,23 +38,25 @@ def make_predictor(source: str, cfg: InferenceConfig) -> Predictor:
     return Predictor(source, cfg)
 
 
-def settings(scale: str, gate: bool) -> InferenceConfig:
+def settings(scale: str, gate: bool, views: int = 1, spread: float = 1.0) -> InferenceConfig:
     """`scale` is a number or 'auto' (`InferenceConfig.auto_scale`: chosen per image from its crack width)."""
     if scale == "auto":
-        return InferenceConfig(auto_scale=True, gate=gate)
-    return InferenceConfig(scale=float(scale), gate=gate)
+        return InferenceConfig(auto_scale=True, gate=gate, views=views, scale_spread=spread)
+    return InferenceConfig(scale=float(scale), gate=gate, views=views, scale_spread=spread)
 
 
-def choose_on_dev(source: str, ds: MaskDataset, dev: list[str], *, scales: list[str],
-                  gates: list[bool]) -> tuple[InferenceConfig, list[dict]]:
-    """The (scale, gate) with the best dev PxAP, and every dev result."""
+def choose_on_dev(source: str, ds: MaskDataset, dev: list[str], *, scales: list[str], gates: list[bool],
+                  views: list[int], spreads: list[float]) -> tuple[InferenceConfig, list[dict]]:
+    """The (scale, gate, views, spread) with the best dev PxAP, and every dev result."""
     tried = []
-    for scale, gate in itertools.product(scales, gates):
-        res = score_folder(make_predictor(source, settings(scale, gate)), ds, dev, tolerance=2)
-        tried.append({"scale": scale, "gate": gate, "dev_pxap": res["pxap"], "dev_best_f1": res["best_f1"]})
+    for scale, gate, n, spread in itertools.product(scales, gates, views, spreads):
+        t0 = time.time()
+        res = score_folder(make_predictor(source, settings(scale, gate, n, spread)), ds, dev, tolerance=2)
+        tried.append({"scale": scale, "gate": gate, "views": n, "scale_spread": spread, "dev_pxap": res["pxap"],
+                      "dev_best_f1": res["best_f1"], "seconds": round(time.time() - t0, 1)})
         print(json.dumps({"row": source, **tried[-1]}), flush=True)
     best = max(tried, key=lambda r: r["dev_pxap"])
-    return settings(best["scale"], best["gate"]), tried
+    return settings(best["scale"], best["gate"], best["views"], best["scale_spread"]), tried
 
 
 def main() -> None:
@@ -67,6 +69,8 @@ def main() -> None:
     p.add_argument("--floor-scales", default="1", help="scales tried on dev for the floors")
     p.add_argument("--gates", default="off,on", help="gate settings tried on dev for the model files")
     p.add_argument("--floor-gates", default="off,on", help="gate settings tried on dev for the floors")
+    p.add_argument("--views", default="1", help="--views settings tried on dev for the model files (e.g. 1,2,8)")
+    p.add_argument("--spreads", default="1", help="--scale-spread settings tried on dev for the model files")
     p.add_argument("--out", required=True)
     p.add_argument("--overlays", type=int, default=0,
                    help="test images drawn in each row's overlays.png (default 0; CrackForest's licence is "
@@ -80,20 +84,22 @@ def main() -> None:
     def gates(text: str) -> list[bool]:
         return [{"off": False, "on": True}[g] for g in text.split(",")]
 
-    rows = [(f"{n} (training-free)", f"floor:{n}", a.floor_scales.split(","), gates(a.floor_gates))
+    tta = [int(v) for v in a.views.split(",")], [float(v) for v in a.spreads.split(",")]
+    rows = [(f"{n} (training-free)", f"floor:{n}", a.floor_scales.split(","), gates(a.floor_gates), ([1], [1.0]))
             for n in a.floors.split(",") if n]
-    rows += [(name, path, a.scales.split(","), gates(a.gates)) for name, path in (m.split("=", 1) for m in a.model)]
+    rows += [(name, path, a.scales.split(","), gates(a.gates), tta)
+             for name, path in (m.split("=", 1) for m in a.model)]
     out, results = Path(a.out), []
     if a.update and (out / "table.json").is_file():
         redo = {label for label, *_ in rows}
         results = [r for r in json.loads((out / "table.json").read_text())["rows"] if r["row"] not in redo]
-    for label, source, scales, row_gates in rows:
+    for label, source, scales, row_gates, (views, spreads) in rows:
         t0 = time.time()
-        cfg, tried = choose_on_dev(source, ds, dev, scales=scales, gates=row_gates)
+        cfg, tried = choose_on_dev(source, ds, dev, scales=scales, gates=row_gates, views=views, spreads=spreads)
         m = evaluate_localization(make_predictor(source, cfg), a.data, out / label.split()[0],
                                   partition=(dev, test), progress=False, n_overlays=a.overlays)
         results.append({"row": label, "source": source, "scale": "auto" if cfg.auto_scale else cfg.scale,
-                        "gate": cfg.gate, "dev": tried,
+                        "gate": cfg.gate, "views": cfg.views, "scale_spread": cfg.scale_spread, "dev": tried,
                          "seconds": round(time.time() - t0, 1),
                          **{k: m[k] for k in ("pxap", "f1", "iou", "ods_f1", "ois_f1", "threshold",
                                               "width_error_px_median", "width_error_px_p90", "n_dev", "n_test")}})

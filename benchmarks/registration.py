@@ -7,7 +7,7 @@ weighted mean signed distance within ±40 px is taken; the median is printed (px
 line, or left of it for steep lines). 0 means the map lies on the line.
 
     python -m benchmarks.registration [--checkpoint MODEL.pt] [--angles 0,30,60,90,120,150] [--widths 3,9]
-        [--half-turn] [--overlap 0.5]
+        [--views 2] [--scale-spread 1.33] [--overlap 0.5]
 """
 
 from __future__ import annotations
@@ -41,16 +41,17 @@ def main() -> None:
     p.add_argument("--checkpoint", help="model file (default: the bundled model)")
     p.add_argument("--angles", default="0,30,60,90,120,150")
     p.add_argument("--widths", default="3,9")
-    p.add_argument("--half-turn", action="store_true",
-                   help="average the map with that of the photo turned 180° (cancels stage 1's learned shift)")
+    p.add_argument("--views", type=int, default=1,
+                   help="views averaged (2: + the photo turned 180°, which cancels stage 1's learned shift)")
+    p.add_argument("--scale-spread", type=float, default=1.0, help="also map at ÷ and × this factor (averaged)")
     p.add_argument("--overlap", type=float, default=InferenceConfig.overlap, help="window overlap fraction")
     a = p.parse_args()
-    predictor = Predictor(a.checkpoint or default_checkpoint(), InferenceConfig(half_turn=a.half_turn, overlap=a.overlap))
+    cfg = InferenceConfig(views=a.views, scale_spread=a.scale_spread, overlap=a.overlap)
+    predictor = Predictor(a.checkpoint or default_checkpoint(), cfg)
     res = offsets(predictor, angles=[float(v) for v in a.angles.split(",")],
                   widths=[float(v) for v in a.widths.split(",")])
-    print(json.dumps({"checkpoint": str(a.checkpoint or default_checkpoint()), "half_turn": a.half_turn,
-                      "overlap": a.overlap,
-                      "offsets_px": res}))
+    print(json.dumps({"checkpoint": str(a.checkpoint or default_checkpoint()), "views": a.views,
+                      "scale_spread": a.scale_spread, "overlap": a.overlap, "offsets_px": res}))
 
 
 if __name__ == "__main__":

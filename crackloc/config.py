@@ -137,9 +137,12 @@ class InferenceConfig:
     scale: float = 1.0  # resize factor applied to the photo before tiling
     auto_scale: bool = False  # choose the scale per photo from its estimated crack width (overrides scale)
     gate: bool = True  # weight each window's map by its crack probability
-    # average the map with that of the photo turned 180° (and turned back): a learned shift of the
-    # map cancels (stage 1 draws lines 3-8 px down-left); 2x the model time
-    half_turn: bool = False
+    # average the maps of this many turned/mirrored copies of the photo, each turned back
+    # (`crackloc.inference.predictor.VIEWS`): 2 = + the photo turned 180°, which cancels a learned
+    # map shift (stage 1 draws lines 3-8 px down-left); 4 = + both mirrors; 8 = + the 4 transposes.
+    # N x the model time; decisions come from the first view only
+    views: int = 1
+    scale_spread: float = 1.0  # also map at scale / spread and scale x spread and average all three
     ahr_percentile: float | None = 50.0  # AHR cut at inference (None = as trained, 90)
     precision: Precision = "bf16"  # bf16 autocast + channels_last, or fp32
     backend: Backend = "torch"  # torch or ONNX Runtime
@@ -158,6 +161,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "image_size": (32, 4096), "se_reduction": (1, 512), "fused_channels": (1, 8192),
     "max_train": (1, 10**8), "max_val": (1, 10**8), "max_test": (1, 10**8), "seed": (0, 2**32 - 1),
     "num_workers": (0, 256), "tile": (32, 4096), "overlap": (0, 0.95), "scale": (0.01, 64),
+    "views": (1, 8), "scale_spread": (1, 4),
     "devices": (1, 1024), "num_nodes": (1, 10_000),
     # command-line options that are not config fields (same checks, `crackloc.cli.registry.checked`)
     "loc_scale": (0.01, 64), "max_distance": (0, 16), "mm_per_px": (1e-6, 1e4), "max_pixels": (1, 10**10),
@@ -165,7 +169,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "images": (1, 64), "crack_width": (0.5, 200), "zoom_out": (0.5, 1),
     "workers": (1, 100_000), "cpus_per_worker": (0.01, 1024), "gpus_per_worker": (0, 64),
 }
-UNITS: dict[str, str] = {"tile": "px", "scale": "x", "loc_scale": "x", "overlap": "of a window",
+UNITS: dict[str, str] = {"tile": "px", "scale": "x", "scale_spread": "x", "loc_scale": "x", "overlap": "of a window",
                          "ahr_percentile": "%", "pseudo_percentile": "%", "image_size": "px", "tolerance": "px",
                          "mm_per_px": "mm per px", "max_pixels": "pixels", "max_distance": "bits of the 64-bit hash",
                          "dev_fraction": "of the images", "max_images": "images", "images": "images",

@@ -28,9 +28,9 @@ def test_the_default_model_is_stage_2(predictor):
 
 @pytest.fixture(scope="module")
 def stage1() -> Predictor:
-    """The bundled stage 1 (the paper's model), registered: its learned map shift cancelled (--half-turn),
+    """The bundled stage 1 (the paper's model), registered: its learned map shift cancelled (--views 2),
     and tile-border effects averaged over twice as many windows (--overlap 0.5)."""
-    return Predictor(STAGE1_MODEL, InferenceConfig(half_turn=True, overlap=0.5))
+    return Predictor(STAGE1_MODEL, InferenceConfig(views=2, overlap=0.5))
 
 
 def _offsets_on_drawn_lines(predictor: Predictor, angle: int) -> list[tuple[float, float]]:
@@ -56,8 +56,8 @@ def test_stage2_map_lies_on_drawn_cracks_across_tiles(predictor, angle):
 
 
 @pytest.mark.parametrize("angle", [0, 30, 60, 90, 120, 150])
-def test_stage1_map_lies_on_drawn_cracks_with_half_turn(stage1, angle):
-    """Stage 1's 14×14 maps with --half-turn --overlap 0.5: within 1 px of the line too (plain: 2.6–8.2 px off)."""
+def test_stage1_map_lies_on_drawn_cracks_with_two_views(stage1, angle):
+    """Stage 1's 14×14 maps with --views 2 --overlap 0.5: within 1 px of the line too (plain: 2.6–8.2 px off)."""
     for width, median in _offsets_on_drawn_lines(stage1, angle):
         assert abs(median) <= 1.0, (angle, width, median)
 

@@ -175,13 +175,52 @@ def test_score_folder_is_the_loop_of_evaluate_localization(model_file, mask_fold
     assert res["n_images"] == 3 and 0.0 <= res["pxap"] <= 1.0 and 0.0 <= res["best_f1"] <= 1.0
 
 
-def test_half_turn_runs_on_onnx_and_matches_torch(model_file, tmp_path):
-    """--half-turn runs on either backend alike: the same averaged map from torch fp32 and ONNX."""
+def test_views_run_on_onnx_and_matches_torch(model_file, tmp_path):
+    """--views 2 runs on either backend alike: the same averaged map from torch fp32 and ONNX."""
     image = torch.randint(0, 256, (3, 130, 150), dtype=torch.uint8)
-    cfg = InferenceConfig(tile=64, precision="32", half_turn=True)
+    cfg = InferenceConfig(tile=64, precision="32", views=2)
     torch_map = Predictor(model_file, cfg).predict(image)
     onnx_map = Predictor(model_file, dataclasses.replace(cfg, backend="onnx"), cache_dir=tmp_path).predict(image)
-    plain = Predictor(model_file, dataclasses.replace(cfg, half_turn=False)).predict(image)
+    plain = Predictor(model_file, dataclasses.replace(cfg, views=1)).predict(image)
     assert torch.allclose(torch_map.heatmap, onnx_map.heatmap, atol=2e-3)
     assert torch_map.probability == pytest.approx(plain.probability, abs=1e-6)  # decisions: the plain windows'
     assert not torch.allclose(torch_map.heatmap, plain.heatmap, atol=1e-3)
+
+
+def test_eight_views_make_the_map_follow_every_turn_and_mirror(model_file):
+    """--views 8 averages all 8 symmetries of the square: mapping a turned photo gives the turned map."""
+    image = torch.randint(0, 256, (3, 90, 140), dtype=torch.uint8)
+    pred = Predictor(model_file, InferenceConfig(tile=64, precision="32", views=8))
+    base = pred.predict(image).heatmap  # [90,140]
+    turned = pred.predict(image.rot90(1, (-2, -1)).contiguous()).heatmap  # [140,90]
+    mirrored = pred.predict(image.flip(-1)).heatmap
+    assert turned.shape == (140, 90) and float(base.min()) >= 0.0 and float(base.max()) <= 1.0
+    assert torch.allclose(turned, base.rot90(1, (-2, -1)), atol=1e-4)
+    assert torch.allclose(mirrored, base.flip(-1), atol=1e-4)
+    one = Predictor(model_file, InferenceConfig(tile=64, precision="32")).predict(image).heatmap
+    assert not torch.allclose(one.rot90(1, (-2, -1)),
+                              Predictor(model_file, InferenceConfig(tile=64, precision="32"))
+                              .predict(image.rot90(1, (-2, -1)).contiguous()).heatmap, atol=1e-3)
+
+
+def test_scale_spread_averages_three_scales(model_file, monkeypatch):
+    """--scale-spread 1.5 maps at scale ÷ 1.5, scale and scale × 1.5; the map keeps the photo's size."""
+    from crackloc.inference import predictor as predictor_module
+
+    seen: list[float] = []
+    real = predictor_module.predict_tiled
+    monkeypatch.setattr(predictor_module, "predict_tiled", lambda *a, **k: seen.append(k["scale"]) or real(*a, **k))
+    image = torch.randint(0, 256, (3, 100, 120), dtype=torch.uint8)
+    pred = Predictor(model_file, InferenceConfig(tile=64, precision="32", scale=1.5, scale_spread=1.5, views=2))
+    res = pred.predict(image)
+    assert sorted(seen) == pytest.approx([1.0, 1.0, 1.5, 1.5, 2.25, 2.25]) and res.scale == 1.5
+    assert res.heatmap.shape == (100, 120) and float(res.heatmap.max()) <= 1.0
+
+
+def test_experiment_folders_recorded_with_half_turn_still_load():
+    """experiment.json written before --views replaced --half-turn: the figures read it as views 1 / 2."""
+    from crackloc.experiments.figures import inference_config
+
+    old = {k: v for k, v in dataclasses.asdict(InferenceConfig()).items() if k not in ("views", "scale_spread")}
+    assert inference_config({"inference": {**old, "half_turn": True}}, tile=TILE).views == 2
+    assert inference_config({"inference": {**old, "half_turn": False}}, tile=TILE).views == 1

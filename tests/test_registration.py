@@ -104,13 +104,13 @@ class ShiftedDarkness(StridedDarkness):
 
 
 @pytest.mark.parametrize("angle", [0, 30, 60, 90, 120])  # at 150° this shift runs along the line
-def test_half_turn_cancels_a_learned_shift(angle):
+def test_two_views_cancel_a_learned_shift(angle):
     """Averaging the map with that of the photo turned 180° (turned back) puts it back on the line."""
     model = ShiftedDarkness()
     img, _, dist = draw_line(520, 600, angle_deg=angle, offset=7.0)
     cfg = InferenceConfig(gate=False, precision="32")
     shifted = ridge_offsets(Predictor.from_model(model, cfg).predict(img).heatmap, dist).median()
-    fixed = ridge_offsets(Predictor.from_model(model, InferenceConfig(gate=False, precision="32", half_turn=True))
+    fixed = ridge_offsets(Predictor.from_model(model, InferenceConfig(gate=False, precision="32", views=2))
                           .predict(img).heatmap, dist).median()
     assert abs(float(shifted)) >= 2.5, float(shifted)  # the shift shows: 4·cos θ + 6·sin θ across the line
     assert abs(float(fixed)) <= 1.0, (angle, float(fixed))

@@ -1,4 +1,4 @@
-"""The viewer's logic (crackloc.viewer.logic, no gradio): threshold → mask → table, units, exports, folders.
+"""The viewer's logic (crackloc.viewer.logic, .mapper, .folders; no gradio): threshold → mask → table, units, exports, folders.
 
 Maps come from a tiny fake model (a fixed function of the pixels), so nothing here trains or
 loads a real model, and every test runs in well under a second.
@@ -22,25 +22,23 @@ from crackloc.errors import CracklocError
 from crackloc.inference.batch import predict_files
 from crackloc.inference.predictor import Predictor
 from crackloc.viewer import logic
+from crackloc.viewer import mapper as mapper_module
+from crackloc.viewer.folders import FolderJob, existing_results, folder_photos, resolve_inside
 from crackloc.viewer.logic import (
     CSV_COLUMNS,
-    FolderJob,
-    PhotoMapper,
     crack_csv,
-    existing_results,
     export_files,
-    folder_photos,
     measure,
     parse_mm_per_px,
     predict_images,
     predict_record,
     read_crack_csv,
     render_view,
-    resolve_inside,
     table_rows,
     to_mm,
     with_scale,
 )
+from crackloc.viewer.mapper import PhotoMapper, estimate_tiles
 
 TILE = 64
 
@@ -185,6 +183,20 @@ def test_export_files_hold_predicts_line_the_mask_and_the_csv(tmp_path):
 
 
 # ---- the mapper: cache, bad input ------------------------------------------------------------
+
+
+def test_progress_counts_the_windows_of_every_view_and_scale(monkeypatch):
+    """The expected time counts what `Predictor.predict` runs: each view, each scale of the spread."""
+    from crackloc.inference import predictor as predictor_module
+    from crackloc.inference import tiling
+
+    windows: list[int] = []
+    real = predictor_module.predict_tiled
+    monkeypatch.setattr(predictor_module, "predict_tiled",
+                        lambda *a, **k: windows.append(len(real(*a, **k).tile_probs)) or real(*a, **k))
+    cfg = InferenceConfig(tile=TILE, overlap=0.25, precision="32", gate=False, views=4, scale=1.2, scale_spread=1.5)
+    Predictor.from_model(DarkIsCrack(), cfg).predict(torch.randint(0, 256, (3, 150, 230), dtype=torch.uint8))
+    assert estimate_tiles(150, 230, cfg) == sum(windows) > 4 * len(tiling.tile_grid(180, 276, tile=TILE, overlap=0.25))
 
 
 def test_second_request_comes_from_the_cache_keyed_by_content_and_settings(tmp_path):
@@ -368,7 +380,7 @@ def test_thresholds_around_the_shown_one_are_measured_ahead(tmp_path, monkeypatc
     assert len(planned) == 90 and 0.5 not in planned and {0.05, 0.95, 0.37} <= set(planned)
     assert mapper.prefetch_idle(60)
     calls = []
-    monkeypatch.setattr(logic, "measure", lambda *a, **k: calls.append(a) or measure(*a, **k))
+    monkeypatch.setattr(mapper_module, "measure", lambda *a, **k: calls.append(a) or measure(*a, **k))
     for t in (0.49, 0.37, 0.05, 0.95):
         assert mapper.report(photo, t).to_dict() == measure(photo.heatmap, t).to_dict()
     assert calls == []  # every slider position was measured ahead

@@ -88,8 +88,12 @@ INFERENCE_HELP: dict[str, str] = {
                   "width is estimated from the photo; see docs/localization.md)",
     "gate": "weight each window's map by its crack probability (default on: it raised PxAP on "
             "CrackForest's dev images for every model and scale ≥ 2 we tried)",
-    "half_turn": "average the map with that of the photo turned 180° (turned back): cancels the 3-8 px "
-                 "shift of stage-1 maps (the paper's model) at twice the model time; stage 2 needs none",
+    "views": "average the maps of this many turned or mirrored copies of the photo, each turned back "
+             "(default {d}; N x the model time): 2 = + the photo turned 180°, which cancels the 3-8 px shift "
+             "of stage-1 maps (the paper's model); 4 = + both mirrors; 8 = + the 4 transposes. Stage 2 needs "
+             "none to register; 8 raised its PxAP on CrackForest's dev images",
+    "scale_spread": "also map the photo at --scale ÷ and × this factor and average the three maps (default "
+                    "{d}: one scale; about 3.4x the model time at 1.33)",
     "ahr_percentile": "AHR keeps map values above this per-window percentile (default {d}, chosen on "
                       "CrackForest dev images; the paper and training use 90)",
     "batch_size": "windows per forward pass (bounds memory; default {d})",

@@ -71,7 +71,7 @@ def _run_serve(a: argparse.Namespace) -> int:
         print(f"crackloc serve: warning: listening on {a.host}: anyone who can reach this machine on port "
               f"{a.port} can upload photos and see every photo under --folder; there is no login. Prefer "
               "ssh port forwarding (ssh -L 7860:127.0.0.1:7860 SERVER).", file=sys.stderr)
-    from crackloc.viewer.logic import PhotoMapper
+    from crackloc.viewer.mapper import PhotoMapper
 
     mapper = PhotoMapper(a.checkpoint, inference_config(a), cache_dir=a.cache_dir, max_pixels=a.max_pixels)
     from crackloc.viewer.app import serve

@@ -112,7 +112,9 @@ def _grid(path: Path, titles: list[str], rows: list[list[torch.Tensor]]) -> Path
 
 def inference_config(spec: dict, *, tile: int) -> InferenceConfig:
     """The experiment's recorded inference settings (experiment.json), at the runs' tile size."""
-    recorded = spec.get("inference") or {"scale": spec.get("loc_scale", 1.0), "gate": spec.get("loc_gate", True)}
+    recorded = dict(spec.get("inference") or {"scale": spec.get("loc_scale", 1.0), "gate": spec.get("loc_gate", True)})
+    if "half_turn" in recorded:  # folders made before --views replaced --half-turn
+        recorded["views"] = 2 if recorded.pop("half_turn") else 1
     return dataclasses.replace(from_dict(InferenceConfig, recorded), tile=tile)
 
 

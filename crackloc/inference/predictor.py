@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,26 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 GATED_SKIP_PROB = 0.01
 BUNDLED_MODEL = ASSETS / "crackloc_stage2.pt"  # the default: stage 2, pixel masks (docs/model_card.md)
 STAGE1_MODEL = ASSETS / "crackloc_resnet18.pt"  # the paper's model; stage 2 was initialised from it
+
+
+# The photo's views averaged by `InferenceConfig.views`, in order: (into the view, back to the photo),
+# on tensors [...,H,W]. The first two cancel a map shift in any direction; eight are all the
+# symmetries of the square (the dihedral group), so the averaged map is equivariant to them.
+VIEWS: tuple[tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]], ...] = (
+    (lambda x: x, lambda m: m),
+    (lambda x: x.flip(-2, -1), lambda m: m.flip(-2, -1)),  # turned 180°
+    (lambda x: x.flip(-1), lambda m: m.flip(-1)),  # mirrored left-right
+    (lambda x: x.flip(-2), lambda m: m.flip(-2)),  # mirrored top-bottom
+    (lambda x: x.transpose(-2, -1), lambda m: m.transpose(-2, -1)),  # transposed
+    (lambda x: x.flip(-2, -1).transpose(-2, -1), lambda m: m.transpose(-2, -1).flip(-2, -1)),  # anti-transposed
+    (lambda x: x.rot90(1, (-2, -1)), lambda m: m.rot90(-1, (-2, -1))),  # turned 90°
+    (lambda x: x.rot90(-1, (-2, -1)), lambda m: m.rot90(1, (-2, -1))),  # turned 270°
+)
+
+
+def map_scales(scale: float, spread: float) -> list[float]:
+    """The scales one photo is mapped at: `scale`, and with a spread > 1 also scale ÷ and × spread."""
+    return [scale] if spread == 1 else [scale, scale / spread, scale * spread]
 
 
 @dataclass
@@ -124,10 +145,13 @@ class Predictor:
         """uint8 [3,H,W] → Prediction (heatmap [H,W], probability = max over windows)."""
         cfg = self.cfg
         scale = auto_scale(image) if cfg.auto_scale else cfg.scale
-        res = self._tiled(image, scale)
-        heatmap = res.heatmap
-        if cfg.half_turn:  # the photo turned 180°, mapped, turned back: a learned map shift cancels
-            heatmap = (heatmap + self._tiled(image.flip(-2, -1), scale).heatmap.flip(-2, -1)) / 2  # [H,W]
+        res = self._tiled(image, scale)  # the decision and the first map: the photo as it is
+        heatmap = res.heatmap  # [H,W]
+        passes = [(s, v) for s in map_scales(scale, cfg.scale_spread) for v in range(cfg.views)][1:]
+        for s, v in passes:  # other views and scales, each mapped and turned back: averaged
+            into, back = VIEWS[v]
+            heatmap = heatmap + back(self._tiled(into(image).contiguous(), s).heatmap)  # [H,W]
+        heatmap = heatmap / (len(passes) + 1)
         if not math.isfinite(res.probability) or not bool(torch.isfinite(heatmap).all()):
             raise CracklocError(f"{self.checkpoint}: the model returned NaN or infinite values "
                                 "(damaged weights?)")

@@ -26,22 +26,18 @@ from PIL import Image
 
 from crackloc.errors import CracklocError
 from crackloc.io import IMAGE_EXTENSIONS
+from crackloc.viewer.folders import FolderItem, FolderJob, resolve_inside, thumbnail
 from crackloc.viewer.logic import (
-    LRU,
     MAP_THRESHOLD,
     OVERLAY_ALPHA,
     TABLE_HEADERS,
-    FolderItem,
-    FolderJob,
     MappedPhoto,
-    PhotoMapper,
     check_threshold,
     export_files,
     parse_mm_per_px,
     render_view,
-    resolve_inside,
-    thumbnail,
 )
+from crackloc.viewer.mapper import LRU, PhotoMapper
 
 log = logging.getLogger(__name__)
 

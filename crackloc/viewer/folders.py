@@ -1,0 +1,263 @@
+"""Folders for the viewer: paths kept inside the served folder, `predict`'s results reused, the rest mapped.
+
+`resolve_inside` keeps every path inside the served folder, `existing_results` reuses the
+`predictions.jsonl` + PNGs that `predict` already wrote, and `FolderJob` maps the rest in a
+background thread, appending in `predict`'s format.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from crackloc.config import InferenceConfig
+from crackloc.errors import CracklocError
+from crackloc.inference.batch import (
+    RecordWriter,
+    commit_record,
+    png_names,
+    read_records,
+    safe_stem,
+    write_pngs,
+)
+from crackloc.io import (
+    IMAGE_EXTENSIONS,
+    failure_reason,
+)
+from crackloc.viewer.logic import MAP_THRESHOLD, measure, predict_images, predict_record
+from crackloc.viewer.mapper import PhotoMapper
+
+log = logging.getLogger(__name__)
+
+THUMB_SIDE = 360  # gallery thumbnails
+MAX_FOLDER_PHOTOS = 5000
+
+
+# ---- folders ---------------------------------------------------------------------------------
+
+
+def resolve_inside(text: str | Path, root: str | Path) -> Path:
+    """A path typed in the page (absolute, or relative to `root`) → the resolved path, if inside `root`.
+
+    Symbolic links and `..` are resolved first, so nothing outside `root` can be reached.
+    """
+    root = Path(root).resolve()
+    raw = str(text).strip()
+    if not raw:
+        return root
+    p = Path(raw)
+    real = (p if p.is_absolute() else root / p).resolve()
+    if not real.is_relative_to(root):
+        raise CracklocError(f"{raw}: outside the served folder {root} (only paths inside it can be opened)")
+    return real
+
+
+def folder_photos(folder: str | Path, *, root: str | Path, exclude: str | Path | None = None) -> list[Path]:
+    """Image files under `folder` (recursively, sorted, resolved), inside `root` and outside `exclude`."""
+    folder, root = Path(folder), Path(root).resolve()
+    if not folder.is_dir():
+        raise CracklocError(f"{folder}: no such folder")
+    skip = Path(exclude).resolve() if exclude is not None else None
+    found = []
+    for p in sorted(folder.rglob("*")):
+        if p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():
+            continue
+        real = p.resolve()
+        if not real.is_relative_to(root) or (skip is not None and real.is_relative_to(skip)):
+            continue
+        found.append(real)
+        if len(found) >= MAX_FOLDER_PHOTOS:
+            break
+    return found
+
+
+def _record_pngs_ok(rec: dict, out: Path) -> bool:
+    """The record names its three PNGs, each a file inside `out`."""
+    for name in png_names("x"):
+        value = rec.get(name)
+        if not isinstance(value, str) or not value:
+            return False
+        target = (out / value).resolve()
+        if not target.is_relative_to(out) or not target.is_file():
+            return False
+    return True
+
+
+def existing_results(out: str | Path, photos: list[Path], folder: str | Path) -> dict[Path, dict]:
+    """Records of `out/predictions.jsonl` (written by `predict` or by this viewer) for these photos.
+
+    A record counts when its three PNGs are in `out` and its path is one of the photos: as
+    written (absolute, or relative to the current folder) or, for a relative path, by its
+    trailing part relative to `folder` (`crackloc predict photos/ --out maps/` run elsewhere).
+    Later lines win (a rerun appends).
+    """
+    out, folder = Path(out).resolve(), Path(folder).resolve()
+    by_real = {p.resolve(): p for p in photos}
+    by_rel = {p.resolve().relative_to(folder).as_posix(): p for p in photos
+              if p.resolve().is_relative_to(folder)}
+    found: dict[Path, dict] = {}
+    for rec in read_records(out / "predictions.jsonl"):
+        path, prob = rec.get("path"), rec.get("crack_probability")
+        if not isinstance(path, str) or isinstance(prob, bool) or not isinstance(prob, int | float):
+            continue
+        if not _record_pngs_ok(rec, out):
+            continue
+        p = Path(path)
+        try:
+            photo = by_real.get((p if p.is_absolute() else Path.cwd() / p).resolve())
+        except (OSError, RuntimeError):
+            photo = None
+        if photo is None and not p.is_absolute():
+            parts = p.parts
+            photo = next((by_rel[k] for i in range(len(parts)) if (k := "/".join(parts[i:])) in by_rel), None)
+        if photo is not None:
+            found[photo] = rec
+    return found
+
+
+@dataclass
+class FolderItem:
+    """One photo of a folder and what is known of it so far."""
+
+    photo: Path
+    name: str  # relative to the folder
+    record: dict | None = None
+    error: str | None = None
+    reused: bool = False  # the record was on disk already
+
+    @property
+    def probability(self) -> float | None:
+        return None if self.record is None else float(self.record["crack_probability"])
+
+
+class FolderJob:
+    """Maps a folder's photos in a background thread into `out`, in `predict`'s format.
+
+    Photos that already have a record and PNGs in `out/predictions.jsonl` are reused, not
+    mapped again; each new one gets `predict --geometry`'s PNGs and its JSON line appended
+    (never rewriting earlier lines). `items` is read from other threads while it runs.
+    """
+
+    def __init__(self, mapper: PhotoMapper, folder: str | Path, out: str | Path, *, root: str | Path,
+                 cfg: InferenceConfig | None = None, mm_per_px: float | None = None) -> None:
+        self.mapper, self.cfg, self.mm_per_px = mapper, cfg or mapper.base_cfg, mm_per_px
+        self.folder, self.out = Path(folder).resolve(), Path(out).resolve()
+        photos = folder_photos(self.folder, root=root, exclude=self.out)
+        if not photos:
+            raise CracklocError(f"{self.folder}: no photos (jpg, png, bmp, tif) in this folder")
+        found = existing_results(self.out, photos, self.folder)
+        self.items = [FolderItem(p, _relative(p, self.folder), record=found.get(p), reused=p in found)
+                      for p in photos]
+        self.error: str | None = None  # a write error that stopped the job
+        self.started = time.time()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    @property
+    def total(self) -> int:
+        return len(self.items)
+
+    @property
+    def done(self) -> int:
+        return sum(it.record is not None or it.error is not None for it in self.items)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> FolderJob:
+        if self._thread is None and any(it.record is None for it in self.items):
+            self._thread = threading.Thread(target=self._run, name="crackloc-folder", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return not self.running
+
+    def _run(self) -> None:
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            used = {p.name[: -len("_heatmap.png")].casefold() for p in self.out.glob("*_heatmap.png")}
+            _end_with_newline(self.out / "predictions.jsonl")
+            with RecordWriter(self.out / "predictions.jsonl") as writer:
+                for it in self.items:
+                    if self._stop.is_set():
+                        return
+                    if it.record is None and it.error is None:
+                        self._map_one(it, writer, used)
+        except OSError as exc:
+            self.error = f"{self.out}: cannot write the maps ({' '.join(str(exc).split())})"
+        except Exception as exc:  # never leave the thread with an unreported error
+            log.exception("folder job failed")
+            self.error = f"unexpected error ({type(exc).__name__}: {exc})"
+
+    def _map_one(self, it: FolderItem, writer: RecordWriter, used: set[str]) -> None:
+        try:
+            photo = self.mapper.map_photo(it.photo, self.cfg, name=str(it.photo), keep=False)
+            report = measure(photo.heatmap, MAP_THRESHOLD, mm_per_px=self.mm_per_px)
+            stem = safe_stem(it.photo, used)
+            rec = predict_record(str(it.photo), photo, stem, report)
+            images = predict_images(photo, report)
+            pngs = {name: images[key] for key, name in png_names(stem).items()}
+            write_pngs(self.out, pngs)  # as predict commits an image: PNGs, then its line (or none of them)
+            commit_record(self.out, rec, list(pngs), writer, done=lambda r: setattr(it, "record", r))
+        except CracklocError as exc:
+            it.error = failure_reason(exc, it.photo)
+        except OSError:
+            raise
+        except Exception as exc:
+            log.exception("mapping %s failed", it.photo)
+            it.error = f"unexpected error ({type(exc).__name__}: {exc})"
+
+    def ranked(self) -> list[FolderItem]:
+        """Mapped photos by crack probability (highest first), then those still to do, then failures."""
+        def order(it: FolderItem) -> tuple:
+            if it.record is not None:
+                return (0, -it.probability, it.name)
+            return (1 if it.error is None else 2, 0.0, it.name)
+        return sorted(self.items, key=order)
+
+    def progress_text(self) -> str:
+        reused = sum(it.reused for it in self.items)
+        failed = sum(it.error is not None for it in self.items)
+        mapped = self.done - reused - failed
+        text = (f"{self.done} of {self.total} photos done ({reused} reused from {self.out.name}/predictions.jsonl, "
+                f"{mapped} mapped now, {failed} failed)")
+        if self.error:
+            text += f" · stopped: {self.error}"
+        elif self.running:
+            text += " · mapping…"
+        return text
+
+
+def _relative(p: Path, folder: Path) -> str:
+    return p.relative_to(folder).as_posix() if p.is_relative_to(folder) else p.name
+
+
+def _end_with_newline(path: Path) -> None:
+    """Finish a torn last line of a JSON-lines file, so an appended record stays on its own line."""
+    if path.is_file() and path.stat().st_size:
+        with open(path, "rb+") as f:
+            f.seek(-1, 2)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+
+
+def thumbnail(png: str | Path, side: int = THUMB_SIDE) -> np.ndarray:
+    """A small RGB copy of an image file (for the gallery)."""
+    with Image.open(png) as img:
+        img.draft("RGB", (side, side))
+        img = img.convert("RGB")
+        img.thumbnail((side, side), Image.BILINEAR)
+        return np.asarray(img, dtype=np.uint8)
