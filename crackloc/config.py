@@ -143,6 +143,10 @@ class InferenceConfig:
     # N x the model time; decisions come from the first view only
     views: int = 1
     scale_spread: float = 1.0  # also map at scale / spread and scale x spread and average all three
+    # the map onto the photo's own dark-line pixels: map^(1 - g) * (dark-line evidence)^g, the crack
+    # mask (map >= 0.5) kept exactly (`crackloc.inference.guide`); 0 = the model's map as it is.
+    # 0.9 was chosen on CrackForest's dev images (docs/localization.md)
+    line_guide: float = 0.9
     ahr_percentile: float | None = 50.0  # AHR cut at inference (None = as trained, 90)
     precision: Precision = "bf16"  # bf16 autocast + channels_last, or fp32
     backend: Backend = "torch"  # torch or ONNX Runtime
@@ -161,7 +165,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "image_size": (32, 4096), "se_reduction": (1, 512), "fused_channels": (1, 8192),
     "max_train": (1, 10**8), "max_val": (1, 10**8), "max_test": (1, 10**8), "seed": (0, 2**32 - 1),
     "num_workers": (0, 256), "tile": (32, 4096), "overlap": (0, 0.95), "scale": (0.01, 64),
-    "views": (1, 8), "scale_spread": (1, 4),
+    "views": (1, 8), "scale_spread": (1, 4), "line_guide": (0, 0.95),
     "devices": (1, 1024), "num_nodes": (1, 10_000),
     # command-line options that are not config fields (same checks, `crackloc.cli.registry.checked`)
     "loc_scale": (0.01, 64), "max_distance": (0, 16), "mm_per_px": (1e-6, 1e4), "max_pixels": (1, 10**10),

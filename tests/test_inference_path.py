@@ -92,7 +92,7 @@ def test_predict_evaluate_and_experiment_give_the_same_map(tiny_run, mask_folder
 def test_small_images_are_padded_not_stretched(tiny_run):
     """An image smaller than a tile keeps its pixel scale: the map of its top-left corner does not
     depend on how much image lies beyond the tile (stretching would change it)."""
-    pred = Predictor(tiny_run / "model.pt", InferenceConfig(tile=TILE, precision="32", gate=False))
+    pred = Predictor(tiny_run / "model.pt", InferenceConfig(tile=TILE, precision="32", gate=False, line_guide=0.0))
     img, _ = make_crack_image(100, 100, crack=True, seed=3, width=2.5)
     image = (img * 255).round().to(torch.uint8)  # [3,100,100]
     result = pred.predict(image)

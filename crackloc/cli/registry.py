@@ -94,6 +94,9 @@ INFERENCE_HELP: dict[str, str] = {
              "none to register; 8 raised its PxAP on CrackForest's dev images",
     "scale_spread": "also map the photo at --scale ÷ and × this factor and average the three maps (default "
                     "{d}: one scale; about 3.4x the model time at 1.33)",
+    "line_guide": "guide the map onto the photo's own dark-line pixels: map^(1-g) x (ridge filter)^g, the crack "
+                  "mask (map >= 0.5, where widths are measured) kept as the model drew it (default {d}, chosen on "
+                  "CrackForest's dev images; 0 = the model's map as it is)",
     "ahr_percentile": "AHR keeps map values above this per-window percentile (default {d}, chosen on "
                       "CrackForest dev images; the paper and training use 90)",
     "batch_size": "windows per forward pass (bounds memory; default {d})",

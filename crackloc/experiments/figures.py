@@ -115,6 +115,7 @@ def inference_config(spec: dict, *, tile: int) -> InferenceConfig:
     recorded = dict(spec.get("inference") or {"scale": spec.get("loc_scale", 1.0), "gate": spec.get("loc_gate", True)})
     if "half_turn" in recorded:  # folders made before --views replaced --half-turn
         recorded["views"] = 2 if recorded.pop("half_turn") else 1
+    recorded.setdefault("line_guide", 0.0)  # folders made before the line guide mapped without it
     return dataclasses.replace(from_dict(InferenceConfig, recorded), tile=tile)
 
 

@@ -49,6 +49,7 @@ from crackloc.experiments.methods import (
     PROPOSED,
     STAGE2,
     STAGE2_TRAIN,
+    is_training_free,
     localization_settings,
     method_dir,
     method_model_config,
@@ -155,7 +156,7 @@ def record_spec(spec: ExperimentSpec, manifest: Path) -> None:
               "experiment_preset": EXPERIMENT_BUDGET.get(spec.preset, {}), "gpus_per_run": spec.gpus_per_run,
               "inference": dataclasses.asdict(localization_config(spec, image_size=None)),
               "inference_by_method": {**saved.get("inference_by_method", {}), **{
-                  m: {"scale": c.scale, "gate": c.gate} for m in spec.methods
+                  m: {"scale": c.scale, "gate": c.gate, "line_guide": c.line_guide} for m in spec.methods
                   for c in [localization_config(spec, image_size=None, method=m)]}}}
     write_json(path, record)
 
@@ -164,7 +165,8 @@ def localization_config(spec: ExperimentSpec, *, image_size: int | None, method:
     """How the experiment maps human-mask images: the inference defaults, spec's scale and gate
     (stage 2 and the floors at their own scale: `methods.localization_settings`)."""
     scale, gate = localization_settings(method, scale=spec.loc_scale, gate=spec.loc_gate)
-    cfg = InferenceConfig(scale=scale, gate=gate)
+    guide = 0.0 if is_training_free(method) else InferenceConfig.line_guide  # a floor is its filter as it is
+    cfg = InferenceConfig(scale=scale, gate=gate, line_guide=guide)
     return cfg if image_size is None else dataclasses.replace(cfg, tile=image_size)
 
 

@@ -20,6 +20,7 @@ import torch
 from crackloc.config import InferenceConfig, from_dict
 from crackloc.errors import CracklocError
 from crackloc.inference.autoscale import auto_scale
+from crackloc.inference.guide import guide_map, line_evidence
 from crackloc.inference.tiling import predict_tiled
 from crackloc.models.checkpoint import load_model
 from crackloc.tensors import MAP_ALIGNMENT
@@ -152,6 +153,8 @@ class Predictor:
             into, back = VIEWS[v]
             heatmap = heatmap + back(self._tiled(into(image).contiguous(), s).heatmap)  # [H,W]
         heatmap = heatmap / (len(passes) + 1)
+        if cfg.line_guide > 0:  # onto the photo's own dark-line pixels
+            heatmap = guide_map(heatmap, line_evidence(image.to(heatmap.device), scale=scale), weight=cfg.line_guide)
         if not math.isfinite(res.probability) or not bool(torch.isfinite(heatmap).all()):
             raise CracklocError(f"{self.checkpoint}: the model returned NaN or infinite values "
                                 "(damaged weights?)")
