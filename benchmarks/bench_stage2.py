@@ -10,7 +10,8 @@ resident set size of that process (torch included; goal ≤ 3 GB).
 
 Defaults: the two bundled models. "stage 2" runs as `predict` runs it by default (gated: windows
 below 1 % crack probability skip its decoder); "stage 2, every window" runs the decoder on all;
-"stage 1, --views 2" averages stage 1's map with that of the photo turned 180° (what registers it).
+"stage 1, --views 2" averages stage 1's map with that of the photo turned 180° (what registers it);
+"stage 2, --line-guide 0" is stage 2 without the default line guide (the photo's dark-line evidence).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def main() -> None:
         preds["stage 2, every window"] = Predictor(a.stage2, InferenceConfig())
         preds["stage 2, every window"].model.decode_min_prob = 0.0  # no gated skip of the decoder
         preds["stage 1, --views 2"] = Predictor(a.stage1, InferenceConfig(views=2))
+        preds["stage 2, --line-guide 0"] = Predictor(a.stage2, InferenceConfig(line_guide=0.0))
         tiles: dict[str, int] = {}
 
         def run(name: str) -> None:
@@ -75,7 +77,8 @@ def main() -> None:
         print(f"{k}: {secs[k]:.2f} s per photo{peak}")
     print(f"stage 2 / stage 1 time: {secs['stage 2'] / secs['stage 1']:.2f} (goal ≤ 1.5; every window: "
           f"{secs['stage 2, every window'] / secs['stage 1']:.2f}; against stage 1 with --views 2: "
-          f"{secs['stage 2'] / secs['stage 1, --views 2']:.2f}); stage 2 peak {peaks['stage 2']:.2f} GB "
+          f"{secs['stage 2'] / secs['stage 1, --views 2']:.2f}; the line guide's share: "
+          f"{secs['stage 2'] / secs['stage 2, --line-guide 0']:.2f}x); stage 2 peak {peaks['stage 2']:.2f} GB "
           "(goal ≤ 3 GB)")
 
 

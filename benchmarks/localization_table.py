@@ -38,25 +38,26 @@ def make_predictor(source: str, cfg: InferenceConfig) -> Predictor:
     return Predictor(source, cfg)
 
 
-def settings(scale: str, gate: bool, views: int = 1, spread: float = 1.0) -> InferenceConfig:
+def settings(scale: str, gate: bool, views: int = 1, spread: float = 1.0, guide: float = 0.0) -> InferenceConfig:
     """`scale` is a number or 'auto' (`InferenceConfig.auto_scale`: chosen per image from its crack width)."""
+    common = {"gate": gate, "views": views, "scale_spread": spread, "line_guide": guide}
     if scale == "auto":
-        return InferenceConfig(auto_scale=True, gate=gate, views=views, scale_spread=spread)
-    return InferenceConfig(scale=float(scale), gate=gate, views=views, scale_spread=spread)
+        return InferenceConfig(auto_scale=True, **common)
+    return InferenceConfig(scale=float(scale), **common)
 
 
 def choose_on_dev(source: str, ds: MaskDataset, dev: list[str], *, scales: list[str], gates: list[bool],
-                  views: list[int], spreads: list[float]) -> tuple[InferenceConfig, list[dict]]:
-    """The (scale, gate, views, spread) with the best dev PxAP, and every dev result."""
+                  views: list[int], spreads: list[float], guides: list[float]) -> tuple[InferenceConfig, list[dict]]:
+    """The (scale, gate, views, spread, line guide) with the best dev PxAP, and every dev result."""
     tried = []
-    for scale, gate, n, spread in itertools.product(scales, gates, views, spreads):
+    for scale, gate, n, spread, guide in itertools.product(scales, gates, views, spreads, guides):
         t0 = time.time()
-        res = score_folder(make_predictor(source, settings(scale, gate, n, spread)), ds, dev, tolerance=2)
-        tried.append({"scale": scale, "gate": gate, "views": n, "scale_spread": spread, "dev_pxap": res["pxap"],
-                      "dev_best_f1": res["best_f1"], "seconds": round(time.time() - t0, 1)})
+        res = score_folder(make_predictor(source, settings(scale, gate, n, spread, guide)), ds, dev, tolerance=2)
+        tried.append({"scale": scale, "gate": gate, "views": n, "scale_spread": spread, "line_guide": guide,
+                      "dev_pxap": res["pxap"], "dev_best_f1": res["best_f1"], "seconds": round(time.time() - t0, 1)})
         print(json.dumps({"row": source, **tried[-1]}), flush=True)
     best = max(tried, key=lambda r: r["dev_pxap"])
-    return settings(best["scale"], best["gate"], best["views"], best["scale_spread"]), tried
+    return settings(best["scale"], best["gate"], best["views"], best["scale_spread"], best["line_guide"]), tried
 
 
 def main() -> None:
@@ -71,6 +72,7 @@ def main() -> None:
     p.add_argument("--floor-gates", default="off,on", help="gate settings tried on dev for the floors")
     p.add_argument("--views", default="1", help="--views settings tried on dev for the model files (e.g. 1,2,8)")
     p.add_argument("--spreads", default="1", help="--scale-spread settings tried on dev for the model files")
+    p.add_argument("--guides", default="0", help="--line-guide settings tried on dev for the model files")
     p.add_argument("--out", required=True)
     p.add_argument("--overlays", type=int, default=0,
                    help="test images drawn in each row's overlays.png (default 0; CrackForest's licence is "
@@ -84,8 +86,10 @@ def main() -> None:
     def gates(text: str) -> list[bool]:
         return [{"off": False, "on": True}[g] for g in text.split(",")]
 
-    tta = [int(v) for v in a.views.split(",")], [float(v) for v in a.spreads.split(",")]
-    rows = [(f"{n} (training-free)", f"floor:{n}", a.floor_scales.split(","), gates(a.floor_gates), ([1], [1.0]))
+    tta = ([int(v) for v in a.views.split(",")], [float(v) for v in a.spreads.split(",")],
+           [float(v) for v in a.guides.split(",")])
+    rows = [(f"{n} (training-free)", f"floor:{n}", a.floor_scales.split(","), gates(a.floor_gates),
+             ([1], [1.0], [0.0]))
             for n in a.floors.split(",") if n]
     rows += [(name, path, a.scales.split(","), gates(a.gates), tta)
              for name, path in (m.split("=", 1) for m in a.model)]
@@ -93,13 +97,15 @@ def main() -> None:
     if a.update and (out / "table.json").is_file():
         redo = {label for label, *_ in rows}
         results = [r for r in json.loads((out / "table.json").read_text())["rows"] if r["row"] not in redo]
-    for label, source, scales, row_gates, (views, spreads) in rows:
+    for label, source, scales, row_gates, (views, spreads, guides) in rows:
         t0 = time.time()
-        cfg, tried = choose_on_dev(source, ds, dev, scales=scales, gates=row_gates, views=views, spreads=spreads)
+        cfg, tried = choose_on_dev(source, ds, dev, scales=scales, gates=row_gates, views=views, spreads=spreads,
+                                   guides=guides)
         m = evaluate_localization(make_predictor(source, cfg), a.data, out / label.split()[0],
                                   partition=(dev, test), progress=False, n_overlays=a.overlays)
         results.append({"row": label, "source": source, "scale": "auto" if cfg.auto_scale else cfg.scale,
-                        "gate": cfg.gate, "views": cfg.views, "scale_spread": cfg.scale_spread, "dev": tried,
+                        "gate": cfg.gate, "views": cfg.views, "scale_spread": cfg.scale_spread,
+                        "line_guide": cfg.line_guide, "dev": tried,
                          "seconds": round(time.time() - t0, 1),
                          **{k: m[k] for k in ("pxap", "f1", "iou", "ods_f1", "ois_f1", "threshold",
                                               "width_error_px_median", "width_error_px_p90", "n_dev", "n_test")}})

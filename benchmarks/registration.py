@@ -7,7 +7,7 @@ weighted mean signed distance within ±40 px is taken; the median is printed (px
 line, or left of it for steep lines). 0 means the map lies on the line.
 
     python -m benchmarks.registration [--checkpoint MODEL.pt] [--angles 0,30,60,90,120,150] [--widths 3,9]
-        [--views 2] [--scale-spread 1.33] [--overlap 0.5]
+        [--views 2] [--scale-spread 1.33] [--line-guide 0.9] [--overlap 0.5]
 """
 
 from __future__ import annotations
@@ -44,14 +44,16 @@ def main() -> None:
     p.add_argument("--views", type=int, default=1,
                    help="views averaged (2: + the photo turned 180°, which cancels stage 1's learned shift)")
     p.add_argument("--scale-spread", type=float, default=1.0, help="also map at ÷ and × this factor (averaged)")
+    p.add_argument("--line-guide", type=float, default=InferenceConfig.line_guide,
+                   help="weight of the photo's dark-line evidence (default: predict's)")
     p.add_argument("--overlap", type=float, default=InferenceConfig.overlap, help="window overlap fraction")
     a = p.parse_args()
-    cfg = InferenceConfig(views=a.views, scale_spread=a.scale_spread, overlap=a.overlap)
+    cfg = InferenceConfig(views=a.views, scale_spread=a.scale_spread, line_guide=a.line_guide, overlap=a.overlap)
     predictor = Predictor(a.checkpoint or default_checkpoint(), cfg)
     res = offsets(predictor, angles=[float(v) for v in a.angles.split(",")],
                   widths=[float(v) for v in a.widths.split(",")])
     print(json.dumps({"checkpoint": str(a.checkpoint or default_checkpoint()), "views": a.views,
-                      "scale_spread": a.scale_spread, "overlap": a.overlap, "offsets_px": res}))
+                      "scale_spread": a.scale_spread, "line_guide": a.line_guide, "overlap": a.overlap, "offsets_px": res}))
 
 
 if __name__ == "__main__":
