@@ -169,6 +169,7 @@ def test_masks_given_later_score_the_finished_runs(experiment, tmp_path):
     assert pred.model.ahr.percentile == DEFAULT_AHR_PERCENTILE != 90
     saved = json.loads((experiment.out / "experiment.json").read_text())
     assert saved["masks"] == str(masks) and saved["loc_scale"] == 1.0 and saved["loc_gate"] is False
+    assert saved["loc_line_guide"] == spec.loc_line_guide == cfg.line_guide
     text = build_report(experiment.out, n_images=2).read_text()
     assert "Localisation against human masks" in text and "scale 1.0, gate off" in text
     for name in ("human_masks.csv", "qualitative_masks.png"):
@@ -208,7 +209,10 @@ def test_stage2_and_floor_rows(tmp_path):
     scales = {r: json.loads((r / "localization" / "metrics.json").read_text()) for r in (stage1, stage2, floor)}
     assert [(scales[r]["scale"], scales[r]["gate"]) for r in (stage1, stage2, floor)] == [
         (2.0, True), (1.0, True), (1.0, False)]
+    # learned maps get predict's line guide, a floor is scored as its filter is
+    assert [scales[r]["inference"]["line_guide"] for r in (stage1, stage2, floor)] == [
+        spec.loc_line_guide, spec.loc_line_guide, 0.0] and spec.loc_line_guide > 0
     assert set(summary["methods"]) == {"crackloc", "crackseg", "blackhat"}
     text = build_report(spec.out, figures=False).read_text()
-    assert "stage 2 at scale 1.0, gate on; the floors at scale 1.0, gate off" in text
+    assert f"stage 2 at scale 1.0, gate on, line guide {spec.loc_line_guide}; the floors at scale 1.0, gate off)" in text
     assert "| crackseg |" in text and "| blackhat |" in text

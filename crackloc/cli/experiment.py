@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from crackloc.cli.registry import checked, command
-from crackloc.config import EXPERIMENT_BUDGET, PRESETS
+from crackloc.config import EXPERIMENT_BUDGET, PRESETS, InferenceConfig
 from crackloc.errors import CracklocError
 
 PRESET_HELP = ("quick: the quick preset with the experiment's per-run budget "
@@ -38,6 +38,10 @@ def _experiment_parser(p: argparse.ArgumentParser) -> None:
                         "docs/localization.md)")
     p.add_argument("--loc-gate", action=argparse.BooleanOptionalAction, default=True,
                    help="gate each window's heatmap by its crack probability (default on)")
+    p.add_argument("--line-guide", type=checked("line_guide", "--line-guide"), default=InferenceConfig.line_guide,
+                   help="guide every learned map onto the image's dark-line pixels as `crackloc predict` does "
+                        f"(default {InferenceConfig.line_guide}; 0 = the models' own maps, as experiments before "
+                        "the guide were scored); the training-free floors are always scored as they are")
     p.add_argument("--pretrained", choices=["auto", "none"],
                    help="ImageNet weights for every model: 'auto' (cached files if any) or 'none'")
     p.add_argument("--epochs", type=int, help="student epochs (overrides the preset)")
@@ -65,7 +69,7 @@ def _run_experiment(a: argparse.Namespace) -> int:
         data=str(Path(a.data).resolve()) if a.data else "",
         manifest=str(Path(a.manifest).resolve()) if a.manifest else "",
         masks=str(Path(a.masks).resolve()) if a.masks else "", max_images=a.max_images,
-        loc_scale=a.loc_scale, loc_gate=a.loc_gate,
+        loc_scale=a.loc_scale, loc_gate=a.loc_gate, loc_line_guide=a.line_guide,
         overrides={k: v for k, v in over.items() if v is not None}, gpus_per_run=a.gpus_per_run or 0)
     if spec.masks and not Path(spec.masks).is_dir():
         raise CracklocError(f"{spec.masks}: no such folder")

@@ -155,7 +155,8 @@ def _tiling(spec: dict) -> str:
     def said(method: str) -> str:
         scale, gate = (recorded[method]["scale"], recorded[method]["gate"]) if method in recorded else \
             localization_settings(method, **base)
-        return f"scale {float(scale)}, gate {'on' if gate else 'off'}"
+        guide = float(recorded.get(method, {}).get("line_guide", 0.0))  # older folders: no guide
+        return f"scale {float(scale)}, gate {'on' if gate else 'off'}" + (f", line guide {guide}" if guide else "")
 
     methods = spec.get("methods", [])
     floor = next((f for f in FLOORS if f in methods), None)

@@ -74,6 +74,7 @@ class ExperimentSpec:
     max_images: int | None = 20  # images of `masks` scored per run
     loc_scale: float = 6.0  # photo upscaling before tiling (chosen on CrackForest dev images)
     loc_gate: bool = True  # gate each window's map by its crack probability
+    loc_line_guide: float = InferenceConfig.line_guide  # predict's line guide on every learned map (floors: 0)
     overrides: dict[str, Any] = field(default_factory=dict)  # dotted RunConfig keys
     gpus_per_run: int = 0  # > 0: each run trains with DDP on this many GPUs (ddp_spawn); 0: one device
 
@@ -150,7 +151,7 @@ def record_spec(spec: ExperimentSpec, manifest: Path) -> None:
                             f"{saved['overrides']}; use a new --out for different settings")
     record = {"preset": spec.preset, "overrides": spec.overrides, "manifest": str(manifest),
               "data": spec.data, "masks": spec.masks or saved.get("masks", ""), "max_images": spec.max_images,
-              "loc_scale": spec.loc_scale, "loc_gate": spec.loc_gate,
+              "loc_scale": spec.loc_scale, "loc_gate": spec.loc_gate, "loc_line_guide": spec.loc_line_guide,
               "methods": list(dict.fromkeys(saved.get("methods", []) + spec.methods)),
               "seeds": sorted(set(saved.get("seeds", [])) | set(spec.seeds)),
               "experiment_preset": EXPERIMENT_BUDGET.get(spec.preset, {}), "gpus_per_run": spec.gpus_per_run,
@@ -162,10 +163,10 @@ def record_spec(spec: ExperimentSpec, manifest: Path) -> None:
 
 
 def localization_config(spec: ExperimentSpec, *, image_size: int | None, method: str = PROPOSED) -> InferenceConfig:
-    """How the experiment maps human-mask images: the inference defaults, spec's scale and gate
-    (stage 2 and the floors at their own scale: `methods.localization_settings`)."""
+    """How the experiment maps human-mask images: the inference defaults, spec's scale, gate and line
+    guide (stage 2 and the floors at their own scale: `methods.localization_settings`)."""
     scale, gate = localization_settings(method, scale=spec.loc_scale, gate=spec.loc_gate)
-    guide = 0.0 if is_training_free(method) else InferenceConfig.line_guide  # a floor is its filter as it is
+    guide = 0.0 if is_training_free(method) else spec.loc_line_guide  # a floor is its filter as it is
     cfg = InferenceConfig(scale=scale, gate=gate, line_guide=guide)
     return cfg if image_size is None else dataclasses.replace(cfg, tile=image_size)
 
