@@ -10,9 +10,11 @@ where `evidence` is the `ridge` floor's dark-line map (`crackloc.models.filters.
 width the model is shown: `TRAIN_CRACK_WIDTH` / scale photo pixels. So the guide follows the
 scale (or `--auto-scale`) the user picks, and nothing in it was fitted to an evaluation set.
 
-Both factors must agree: where the model sees no crack the product stays 0 (a crack-free photo
-stays dark); where it does, the ridge filter puts the map on the dark line's pixels. The ridge
-response is symmetric about a line's centre, so the guide does not move a map.
+Both factors must agree: where the model's map is 0 the product stays 0; where it is not, the
+ridge filter puts the map on the dark line's pixels. A faint map counts for much at g = 0.9
+(0.01^0.1 = 0.63), so below the mask level the guided map shows the photo's dim texture wherever
+the model decoded a window. The ridge response is symmetric about a line's centre, so the guide
+does not move a map.
 
 Wide cracks are measured on a shrunken copy (expected width `WORK_WIDTH` px) and the evidence is
 resized back, so a 12 MP photo costs a fraction of its model time.
