@@ -163,6 +163,27 @@ def test_zoom_out_keeps_labels_on_the_thinner_crack():
     assert torch.equal(same_img, images) and torch.equal(same_lab, labels.float())
 
 
+def test_step_negatives_darken_one_side_of_a_straight_edge_in_crack_free_patches_only():
+    """A step is a hard negative: one side kept, the other darkened by 0.35-0.75, crack patches untouched."""
+    from crackloc.data.dataset import step_negatives
+
+    images = torch.full((8, 3, 64, 64), 200, dtype=torch.uint8)
+    labels = torch.tensor([0.0, 1.0] * 4)
+    torch.manual_seed(0)
+    out = step_negatives(images, labels, share=1.0)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    assert torch.equal(out[1::2], images[1::2])  # crack patches: their pixel labels would no longer fit
+    for img in out[0::2, 0].float():  # [64,64] each
+        assert img.max() == 200 and 0.35 * 200 - 1 <= img.min() <= 0.75 * 200 + 1
+        light, dark = (img >= 199).sum(), (img <= img.min() + 1).sum()
+        assert light >= 32 and dark >= 32  # the edge crosses the patch: both sides show
+        for line in (*(img >= 199), *(img >= 199).T):  # a half-plane meets every row and column in
+            run = line.nonzero().flatten()  # one run that touches the patch's border (or none, or all)
+            if len(run):
+                assert int(run[-1] - run[0]) + 1 == len(run) and (run[0] == 0 or run[-1] == 63)
+    assert torch.equal(step_negatives(images, labels, share=0.0), images)
+
+
 def test_pseudo_mask_caches_are_told_apart_by_what_made_them(tmp_path):
     """A cached set is reused only for the same CAM cut, or the same stage-2 model file."""
     import pytest

@@ -86,6 +86,9 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zoom-out", dest="train.zoom_out", type=checked("zoom_out", "--zoom-out"),
                    help="stage 2: shrink half the batches by a random factor in [this, 1] (mirrored back to the "
                         "patch size) so thinner cracks are seen too; 1 (default): off")
+    p.add_argument("--step-negatives", dest="train.step_negatives", type=checked("step_negatives", "--step-negatives"),
+                   help="stage 2: share of crack-free patches darkened on one side of a random straight edge "
+                        "(a joint or shadow edge is not a crack); 0 (default): off")
     p.add_argument("--max-train", dest="data.max_train", type=checked("max_train", "--max-train", int),
                    help="cap on training images")
     p.add_argument("--precision", dest="train.precision", choices=choices_of(TrainConfig, "precision"))

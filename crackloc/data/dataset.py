@@ -117,6 +117,41 @@ def zoom_out(images: torch.Tensor, labels: torch.Tensor, *, factor: float) -> tu
     return img, F.pad(out, pad, mode="reflect")
 
 
+def step_negatives(images: torch.Tensor, labels: torch.Tensor, *, share: float,
+                   ratio: tuple[float, float] = (0.35, 0.75)) -> torch.Tensor:
+    """Darken crack-free patches on one side of a random straight edge: hard negatives for stage 2.
+
+    A crack is a dark line, lighter on both sides; a pour joint, a shadow's edge or the seam of two
+    photos is a step, lighter on one side only. Without such negatives a model marks a strong step.
+
+    Args:
+        images: uint8 [B,3,S,S].
+        labels: image labels [B] (1 crack, 0 crack-free); only crack-free patches are changed,
+            so their pixel labels (all background) stay right.
+        share: chance of a step per crack-free patch.
+        ratio: range of the dark side's brightness relative to the light side.
+
+    Returns:
+        uint8 [B,3,S,S]: the edge at any angle and place (tiles cut steps anywhere), 0-2 px soft.
+    """
+    b, _, h, w = images.shape
+    pick = (labels.flatten() < 0.5) & (torch.rand(b) < share)  # [B]
+    if not bool(pick.any()):
+        return images
+    n = int(pick.sum())
+    theta = torch.rand(n, 1, 1) * torch.pi
+    offset = (torch.rand(n, 1, 1) - 0.5) * (min(h, w) - 8)  # up to S/2 - 4 px from the centre
+    soft = torch.rand(n, 1, 1) * 2.0 + 1e-3
+    dark = ratio[0] + (ratio[1] - ratio[0]) * torch.rand(n, 1, 1)
+    yy = torch.arange(h, dtype=torch.float32).view(1, h, 1) - (h - 1) / 2
+    xx = torch.arange(w, dtype=torch.float32).view(1, 1, w) - (w - 1) / 2
+    dist = yy * torch.cos(theta) + xx * torch.sin(theta) - offset  # [n,H,W] signed px from the edge
+    factor = 1.0 - (1.0 - dark) * torch.sigmoid(dist / soft)  # [n,H,W]: 1 on the light side, dark on the other
+    out = images.clone()
+    out[pick] = (images[pick].float() * factor[:, None].to(images.device)).round().clamp(0, 255).to(torch.uint8)
+    return out
+
+
 class PatchDataset(Dataset):
     """Indexable view: (image uint8 [3,S,S], label float, pseudo mask float [1,h,w] or empty)."""
 

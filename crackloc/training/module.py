@@ -13,7 +13,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAUROC
 
 from crackloc.config import ModelConfig, TrainConfig
-from crackloc.data.dataset import augment, zoom_out
+from crackloc.data.dataset import augment, step_negatives, zoom_out
 from crackloc.io import atomic_write
 from crackloc.models.fusion import align_to
 from crackloc.tensors import to_input
@@ -47,6 +47,8 @@ class LitLocalizer(L.LightningModule):
         if stage2 and self.train_cfg.zoom_out < 1 and bool(torch.rand(()) < 0.5):
             factor = self.train_cfg.zoom_out + (1 - self.train_cfg.zoom_out) * float(torch.rand(()))
             images, pseudo = zoom_out(images, pseudo, factor=factor)
+        if stage2 and self.train_cfg.step_negatives > 0:  # crack-free patches only: their labels stay background
+            images = step_negatives(images, labels, share=self.train_cfg.step_negatives)
         x = to_input(images, channels_last=self.train_cfg.channels_last)
         if stage2:
             logits, map_logits = self.model.forward_dense(x)
