@@ -135,20 +135,21 @@ def step_negatives(images: torch.Tensor, labels: torch.Tensor, *, share: float,
         uint8 [B,3,S,S]: the edge at any angle and place (tiles cut steps anywhere), 0-2 px soft.
     """
     b, _, h, w = images.shape
-    pick = (labels.flatten() < 0.5) & (torch.rand(b) < share)  # [B]
+    dev = images.device  # a GPU batch stays on its GPU
+    pick = (labels.flatten().to(dev) < 0.5) & (torch.rand(b, device=dev) < share)  # [B]
     if not bool(pick.any()):
         return images
     n = int(pick.sum())
-    theta = torch.rand(n, 1, 1) * torch.pi
-    offset = (torch.rand(n, 1, 1) - 0.5) * (min(h, w) - 8)  # up to S/2 - 4 px from the centre
-    soft = torch.rand(n, 1, 1) * 2.0 + 1e-3
-    dark = ratio[0] + (ratio[1] - ratio[0]) * torch.rand(n, 1, 1)
-    yy = torch.arange(h, dtype=torch.float32).view(1, h, 1) - (h - 1) / 2
-    xx = torch.arange(w, dtype=torch.float32).view(1, 1, w) - (w - 1) / 2
+    theta = torch.rand(n, 1, 1, device=dev) * torch.pi
+    offset = (torch.rand(n, 1, 1, device=dev) - 0.5) * (min(h, w) - 8)  # up to S/2 - 4 px from the centre
+    soft = torch.rand(n, 1, 1, device=dev) * 2.0 + 1e-3
+    dark = ratio[0] + (ratio[1] - ratio[0]) * torch.rand(n, 1, 1, device=dev)
+    yy = torch.arange(h, dtype=torch.float32, device=dev).view(1, h, 1) - (h - 1) / 2
+    xx = torch.arange(w, dtype=torch.float32, device=dev).view(1, 1, w) - (w - 1) / 2
     dist = yy * torch.cos(theta) + xx * torch.sin(theta) - offset  # [n,H,W] signed px from the edge
     factor = 1.0 - (1.0 - dark) * torch.sigmoid(dist / soft)  # [n,H,W]: 1 on the light side, dark on the other
     out = images.clone()
-    out[pick] = (images[pick].float() * factor[:, None].to(images.device)).round().clamp(0, 255).to(torch.uint8)
+    out[pick] = (images[pick].float() * factor[:, None]).round().clamp(0, 255).to(torch.uint8)
     return out
 
 
