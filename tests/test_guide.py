@@ -79,3 +79,18 @@ def test_line_guide_option_is_offered_and_checked(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["predict", "/no/such/photo.jpg", "--line-guide", "0.99"])
     assert exc.value.code == 2 and "line-guide" in capsys.readouterr().err
+
+
+def test_an_empty_map_skips_the_evidence(monkeypatch):
+    """A map that is 0 everywhere (every window gated off, or nothing found) stays 0 without filtering the photo."""
+    from crackloc.config import ModelConfig
+    from crackloc.models.registry import build_model
+
+    def no_evidence(*args, **kwargs):
+        raise AssertionError("line evidence computed for an empty map")
+
+    monkeypatch.setattr("crackloc.inference.predictor.line_evidence", no_evidence)
+    predictor = Predictor.from_model(build_model(ModelConfig(name="ridge", pretrained="none")),
+                                     InferenceConfig(tile=64, line_guide=0.9), name="floor:ridge")
+    heatmap = predictor.predict(torch.full((3, 100, 120), 128, dtype=torch.uint8)).heatmap  # plain grey: no line
+    assert heatmap.shape == (100, 120) and not bool(heatmap.any())

@@ -153,7 +153,7 @@ class Predictor:
             into, back = VIEWS[v]
             heatmap = heatmap + back(self._tiled(into(image).contiguous(), s).heatmap)  # [H,W]
         heatmap = heatmap / (len(passes) + 1)
-        if cfg.line_guide > 0:  # onto the photo's own dark-line pixels
+        if cfg.line_guide > 0 and bool(heatmap.any()):  # onto the photo's own dark-line pixels (an all-0 map stays 0)
             heatmap = guide_map(heatmap, line_evidence(image.to(heatmap.device), scale=scale), weight=cfg.line_guide)
         if not math.isfinite(res.probability) or not bool(torch.isfinite(heatmap).all()):
             raise CracklocError(f"{self.checkpoint}: the model returned NaN or infinite values "
