@@ -25,6 +25,7 @@ from crackloc.data.masks import MaskDataset
 from crackloc.evaluation.localization import PxAPEvaluator, ThresholdEvaluator
 from crackloc.evaluation.localize_run import fixed_partition
 from crackloc.io import write_json
+from crackloc.training.refine_labels import _dilate
 
 
 def shifted(mask: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -35,8 +36,8 @@ def shifted(mask: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 
 
 def dilated(mask: torch.Tensor, r: int) -> torch.Tensor:
-    """[H,W] widened by r px on every side (a (2r+1)² square)."""
-    return F.max_pool2d(mask[None, None].float(), 2 * r + 1, stride=1, padding=r)[0, 0]
+    """[H,W] widened by r px on every side (a (2r+1)² square, as the pseudo-labels' ignore band)."""
+    return _dilate(mask[None, None].bool(), r)[0, 0].float()
 
 
 CHANGES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
