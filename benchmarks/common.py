@@ -12,14 +12,17 @@ import torch
 
 
 def cpu_model() -> str:
-    """The CPU model name (from /proc/cpuinfo) and the thread count torch uses."""
+    """The CPU model name (from /proc/cpuinfo), the thread count torch uses, its vector capability and native bf16."""
     name = platform.processor() or "unknown CPU"
     try:
         with open("/proc/cpuinfo") as f:
             name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{name}, {os.cpu_count()} logical cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    from crackloc.tensors import cpu_capability
+
+    return (f"{name}, {os.cpu_count()} logical cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"{cpu_capability()}")
 
 
 def interleaved(fns: dict[str, Callable[[], None]], *, rounds: int = 5, warmup: int = 1) -> dict[str, float]:

@@ -27,7 +27,7 @@ HeatmapNorm = Literal["max", "sigmoid"]
 NegativePseudo = Literal["zeros", "cam"]
 L1Map = Literal["refined", "uncut"]
 PseudoTarget = Literal["binary", "soft"]
-Precision = Literal["bf16", "32"]
+Precision = Literal["auto", "bf16", "32"]
 Backend = Literal["torch", "onnx"]
 Strategy = Literal["auto", "ddp", "ddp_spawn"]  # Lightning strategies a run may use (docs/scale.md)
 PresetName = Literal["paper", "quick", "tiny"]
@@ -95,7 +95,8 @@ class TrainConfig:
     pseudo_target: PseudoTarget = "binary"
     negative_pseudo: NegativePseudo = "zeros"  # pseudo masks of crack-free images
     seed: int = 0
-    precision: Precision = "bf16"  # bf16 autocast (training, teacher CAMs, DDT) | 32
+    # auto: bf16 autocast (training, teacher CAMs, DDT) where the device runs bf16 natively, else fp32 | bf16 | 32
+    precision: Precision = "auto"
     channels_last: bool = True
     augment: bool = True  # random flips and 90° rotations
     # stage 2: half the batches are shrunk by a random factor in [zoom_out, 1] and mirrored back to
@@ -151,7 +152,8 @@ class InferenceConfig:
     # 0.9 was chosen on CrackForest's dev images (docs/localization.md)
     line_guide: float = 0.9
     ahr_percentile: float | None = 50.0  # AHR cut at inference (None = as trained, 90)
-    precision: Precision = "bf16"  # bf16 autocast + channels_last, or fp32
+    # auto: bf16 autocast + channels_last where the device runs bf16 natively, else fp32 | bf16 | 32
+    precision: Precision = "auto"
     backend: Backend = "torch"  # torch or ONNX Runtime
     batch_size: int = 16  # windows per forward pass (bounds memory)
     compile: bool = False  # torch.compile the model (torch backend)

@@ -7,7 +7,10 @@ inference and evaluation can all use it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import os
+import sys
 from collections.abc import Callable
 
 import torch
@@ -20,10 +23,62 @@ def to_input(images: torch.Tensor, *, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def autocast_for(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast when `precision` is 'bf16' (CPU or CUDA), else a no-op."""
+# oneDNN CPU ISA caps (ONEDNN_MAX_CPU_ISA) under which it has no native bf16 kernels
+_ISA_WITHOUT_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
+def native_bf16(device: torch.device | str = "cpu") -> bool:
+    """Whether `device` runs bf16 math natively (fast), rather than emulating it (10-30x slower on CPU).
+
+    CUDA: `torch.cuda.is_bf16_supported()`. CPU: oneDNN's bf16 check, unless `ONEDNN_MAX_CPU_ISA`
+    caps oneDNN below its bf16 instructions (as when imitating an AVX2-only CPU).
+    """
     device = torch.device(device)
-    if precision == "bf16":
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False))
+    if device.type != "cpu":
+        return False
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if isa in _ISA_WITHOUT_BF16:
+        return False
+    return _mkldnn_bf16()
+
+
+@functools.cache
+def _mkldnn_bf16() -> bool:
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(precision: str, device: torch.device | str = "cpu", *, warn: bool = True) -> str:
+    """The precision that will run: 'auto' → 'bf16' where `device` has native bf16, else '32'.
+
+    An explicit 'bf16' on a device without native bf16 is kept, with a one-line warning that it
+    will be slow (when `warn`).
+    """
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "32"
+    if precision == "bf16" and warn and not native_bf16(device):
+        _warn_once(f"crackloc: warning: --precision bf16 on a {torch.device(device).type.upper()} without native "
+                   "bf16 is emulated, 10-30x slower than fp32; use --precision auto or 32")
+    return precision
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    """Print `message` to stderr once per process (one line, not a Python warning with its source line)."""
+    print(message, file=sys.stderr)
+
+
+def cpu_capability() -> str:
+    """One line for benchmark output: the CPU's vector capability and whether it has native bf16."""
+    cap = torch.backends.cpu.get_cpu_capability()
+    return f"CPU capability {cap}, native bf16 {'yes' if native_bf16('cpu') else 'no'}"
+
+
+def autocast_for(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast when `precision` resolves to 'bf16' (CPU or CUDA), else a no-op."""
+    device = torch.device(device)
+    if resolve_precision(precision, device, warn=False) == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -38,7 +93,7 @@ def model_device(model: Callable) -> torch.device:
 
 @torch.inference_mode()
 def predict_batches(model: Callable, images: torch.Tensor, *, batch_size: int = 64,
-                    precision: str = "bf16", channels_last: bool = True, with_heatmaps: bool = False,
+                    precision: str = "auto", channels_last: bool = True, with_heatmaps: bool = False,
                     progress: bool = False, desc: str = "predicting"
                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run a model over uint8 images [N,3,S,S]: → (probabilities [N], heatmaps [N,1,S,S] or None).

@@ -1,4 +1,4 @@
-"""SLOW (~60 s on 2 free cores): DDP training on CPU (gloo), killed and resumed, against one process.
+"""Slow tier (`-m slow`, ~60 s on 2 free cores): DDP training on CPU (gloo), killed and resumed, against one process.
 
 `crackloc train --devices 2 --strategy ddp` runs in a subprocess (Lightning's launcher re-runs
 the command line for rank 1), is SIGKILLed with its children mid-way through the teacher's epoch
@@ -44,6 +44,7 @@ import torch.nn.functional as F
 import yaml
 
 from crackloc.cli import main
+from tests.helpers import start_held, wait_held
 
 AUROC_TOL = 0.15
 ACC_TOL = 0.25
@@ -98,30 +99,19 @@ def _env() -> dict[str, str]:
     return {**os.environ, "CRACKLOC_CHECKPOINT_EVERY": "3", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
-def _loadable(path: Path) -> bool:
-    try:
-        torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # not there yet, or still being written
-        return False
-    return True
-
-
-def _start_and_kill(argv: list[str], target: Path, log: Path, timeout: float = 240.0) -> None:
-    """Run `argv` in its own session; SIGKILL it and its DDP children once `target` is a whole checkpoint.
-
-    Lightning writes checkpoints in place (not atomically): the kill waits until the file loads.
-    """
+def _start_and_kill(args: list, log: Path) -> None:
+    """Run `crackloc train ARGS` in its own session, held by rank 0 at the teacher's 4th step (the
+    step-3 checkpoint is whole on disk; rank 1 waits in its next all-reduce); SIGKILL them all there."""
+    marker = log.with_suffix(".held")
     with log.open("w") as err:
-        proc = subprocess.Popen(argv, env=_env(), stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
-        deadline = time.monotonic() + timeout
+        proc = start_held(["train", *args], at="crackloc.training.module:LitLocalizer.training_step", call=4,
+                          marker=marker, env=_env(), stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
         try:
-            while proc.poll() is None and time.monotonic() < deadline and not _loadable(target):
-                time.sleep(0.05)
+            wait_held(proc, marker, timeout=240)
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert target.exists(), log.read_text()[-3000:]
 
 
 def _steps(path: Path) -> list[tuple[int, int]]:
@@ -154,12 +144,13 @@ def _whole_val(run: Path) -> tuple[float, float]:
     return float(bce), float(((probs > 0.5).float() == val.labels).float().mean())
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes_killed_and_resumed_matches_one_process(task, single, tmp_path):
     data, cfg = task
     run = tmp_path / "ddp"
     t0 = time.monotonic()
-    _start_and_kill(_cli("--config", cfg, "--data", data, "--out", run, "--devices", 2, "--strategy", "ddp"),
-                    run / "checkpoints" / "teacher" / "last.ckpt", tmp_path / "first.log")
+    _start_and_kill(["--config", cfg, "--data", data, "--out", run, "--devices", 2, "--strategy", "ddp"],
+                    tmp_path / "first.log")
     TIMES["ddp_until_killed"] = time.monotonic() - t0
     assert not (run / "teacher.pt").exists(), "not killed mid-teacher"
     assert torch.load(run / "checkpoints/teacher/last.ckpt", weights_only=True)["global_step"] == 3

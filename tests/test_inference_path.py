@@ -24,6 +24,7 @@ from crackloc.evaluation import localize_run
 from crackloc.evaluation.localization import PxAPEvaluator
 from crackloc.experiments.runner import ExperimentSpec, localize
 from crackloc.inference.predictor import Predictor
+from crackloc.tensors import resolve_precision
 
 TILE = 112  # the tiny preset's image size
 SIZES = {"small": (80, 100), "tile": (TILE, TILE), "large": (150, 230)}  # (H, W)
@@ -86,7 +87,8 @@ def test_predict_evaluate_and_experiment_give_the_same_map(tiny_run, mask_folder
         as_png = (from_eval[size].numpy() * 255).round().astype(np.uint8)
         assert np.array_equal(as_png, predicted[size]), size
     saved = json.loads((tmp_path / "loc" / "metrics.json").read_text())
-    assert saved["gate"] is True and saved["inference"] == dataclasses.asdict(InferenceConfig(tile=TILE))
+    ran = InferenceConfig(tile=TILE, precision=resolve_precision("auto"))  # the settings that ran are recorded
+    assert saved["gate"] is True and saved["inference"] == dataclasses.asdict(ran)
 
 
 def test_small_images_are_padded_not_stretched(tiny_run):

@@ -1,7 +1,12 @@
-"""The real training loop (Lightning, BCE + λ·L1 to teacher pseudo masks) learns the synthetic task."""
+"""The real training loop (Lightning, BCE + λ·L1 to teacher pseudo masks) learns the synthetic task.
+
+The full teacher + student run (~1 min) is in the slow tier; the default tier's check that
+`crackloc train` learns is tests/test_resume.py (teacher + student on a smaller task).
+"""
 
 import dataclasses
 
+import pytest
 import torch
 
 from crackloc.config import ModelConfig, TrainConfig
@@ -26,6 +31,7 @@ def _accuracy(model, val: DecodedSplit, test: DecodedSplit) -> tuple[float, floa
     return m["auroc"], m["accuracy"]
 
 
+@pytest.mark.slow
 def test_teacher_and_student_learn_the_synthetic_task(tmp_path):
     torch.manual_seed(0)
     train, val, test = _split(320, 0), _split(64, 1), _split(100, 2)

@@ -14,8 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ from crackloc.cli import main
 from crackloc.inference import batch
 from crackloc.inference.batch import RecordWriter, read_records
 from crackloc.io import atomic_write, save_png
+from tests.helpers import start_held, wait_held
 
 N_IMAGES = 30
 INTERRUPTED = re.compile(r"^crackloc predict: interrupted after (\d+) of 30 images; "
@@ -161,41 +160,20 @@ def test_output_names_do_not_depend_on_the_argument_order(photos, model_file, tm
 
 # 4. interrupted and disk-full runs keep every finished image, and --resume finishes them
 
-SLOW_CLI = ("import sys, time, runpy\n"
-            "from crackloc.inference.predictor import Predictor\n"
-            "predict = Predictor.predict\n"
-            "Predictor.predict = lambda self, image: (time.sleep(0.1), predict(self, image))[1]\n"
-            "sys.argv[0] = 'crackloc'\n"
-            "runpy.run_module('crackloc.cli', run_name='__main__')\n")
-
-
-def _wait_for_lines(path: Path, n: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.is_file() and path.read_bytes().count(b"\n") >= n:
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"predict ended (rc {proc.returncode}) before {n} records: {proc.stderr.read()}")
-        time.sleep(0.02)
-    proc.kill()
-    pytest.fail(f"no {n} records in {path} after {timeout} s")
-
-
 def test_sigint_keeps_finished_images_and_resume_finishes(photos, model_file, tmp_path):
-    """`python -m crackloc.cli predict` (each image slowed by 0.1 s, so Ctrl-C lands mid-run)."""
-    out = tmp_path / "out"
+    """`crackloc predict` in a subprocess held at its 4th image (3 are done), then Ctrl-C."""
+    out, marker = tmp_path / "out", tmp_path / "held"
     argv = ["predict", str(photos), "--out", str(out), "--checkpoint", str(model_file), "--tile", "64"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_CLI, *argv], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    _wait_for_lines(out / "predictions.jsonl", 3, proc)
+    proc = start_held(argv, at="crackloc.inference.predictor:Predictor.predict", call=4, marker=marker,
+                      env={"OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_held(proc, marker)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     said = [m for m in map(INTERRUPTED.match, err.splitlines()) if m]
     assert len(said) == 1 and "Traceback" not in err, err
     records = _assert_complete(out)
-    assert 3 <= len(records) == int(said[0][1]) < N_IMAGES
+    assert len(records) == int(said[0][1]) == 3
     assert main([*argv, "--resume"]) == 0
     _assert_complete(out, _all_photos(photos))
 
@@ -246,7 +224,7 @@ def test_resume_redoes_only_images_without_a_complete_set(photos, model_file, tm
         f.write('{"path": "torn')  # a crash mid-line
     seen: list[int] = []
     real = Predictor.predict
-    monkeypatch.setattr(Predictor, "predict", lambda self, image: seen.append(1) or real(self, image))
+    monkeypatch.setattr(Predictor, "predict", lambda self, image, **kw: seen.append(1) or real(self, image, **kw))
     assert _predict(*some, "--out", out, "--checkpoint", model_file, "--resume") == 0
     assert len(seen) == 1 and "resuming: 3 of 4 image(s) already done" in capsys.readouterr().err
     _assert_complete(out, {str(p) for p in some})
@@ -296,7 +274,7 @@ def test_ctrl_c_during_the_record_append_lands_after_the_record_is_whole(tmp_pat
 def test_out_of_memory_names_the_size_and_the_options(photos, model_file, tmp_path, monkeypatch, capsys):
     from crackloc.inference.predictor import Predictor
 
-    def oom(self, image):
+    def oom(self, image, **kw):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: "
                            "you tried to allocate 123456789012 bytes.")
 

@@ -6,12 +6,9 @@ Exit codes: 0 ok, 1 finished but skipped bad inputs (tests/test_robustness.py), 
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +19,7 @@ from crackloc.config import preset, save_config
 from crackloc.data.dataset import DecodedSplit
 from crackloc.data.synthetic import write_crack_folder
 from crackloc.errors import CracklocError
+from tests.helpers import start_held, wait_held
 
 FAST = ["--preset", "tiny", "--pretrained", "none", "--epochs", "1", "--teacher-epochs", "1", "--max-train", "16"]
 INTERRUPTED = "crackloc train: interrupted"  # the line goes on to say how to continue (--resume)
@@ -52,25 +50,22 @@ def _assert_refused(rc: int, err: list[str], *needles: str) -> None:
 
 
 def test_ctrl_c_during_train_exits_130_and_resume_finishes(crack_folder, tmp_path, capsys):
-    run, log = tmp_path / "run", tmp_path / "stderr.txt"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    argv = [sys.executable, "-m", "crackloc.cli", "train", "--data", str(crack_folder), "--out", str(run),
-            *FAST[:-4], "--teacher-epochs", "6", "--batch-size", "4", "--max-train", "16", "--no-eval"]
+    """`crackloc train` held at the end of the teacher's 2nd epoch (the 1st is in its CSV), then Ctrl-C."""
+    run, log, marker = tmp_path / "run", tmp_path / "stderr.txt", tmp_path / "held"
+    argv = ["train", "--data", crack_folder, "--out", run, *FAST[:-4], "--teacher-epochs", "2", "--batch-size", "4",
+            "--max-train", "16", "--no-eval"]
     with log.open("w") as err:
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        deadline = time.monotonic() + 300
-        while not (run / "teacher_epochs.csv").exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        still_training = proc.poll() is None
-        if still_training:
-            os.kill(proc.pid, signal.SIGINT)
+        proc = start_held(argv, at="crackloc.training.module:EpochCSV.on_train_epoch_end", call=2, marker=marker,
+                          env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=err)
         try:
+            wait_held(proc, marker)
+            proc.send_signal(signal.SIGINT)
             rc = proc.wait(timeout=120)
         finally:
             if proc.poll() is None:
                 proc.kill()
     stderr = log.read_text()
-    assert still_training and (run / "teacher_epochs.csv").exists(), stderr[-2000:]
+    assert (run / "teacher_epochs.csv").exists(), stderr[-2000:]
     assert rc == 130, stderr[-2000:]
     assert [ln for ln in stderr.splitlines() if ln.startswith(INTERRUPTED) and "--resume" in ln], stderr[-2000:]
     assert (run / "config.yaml").is_file() and not (run / "model.pt").exists()

@@ -6,7 +6,8 @@ browser uploads the sample photo, moves the sliders, exports and downloads the C
 bad files, and opens the folder. It also saves docs/img/viewer.png (the README's screenshot).
 
 Chromium comes from the system (`apt-get install -y chromium`; `.ci/run` installs it), never
-from Playwright's own download; without it these tests FAIL, they do not skip.
+from Playwright's own download. Without it these tests skip with that reason, unless
+CRACKLOC_REQUIRE_BROWSER=1 (set by `.ci/run`) makes the missing browser a failure.
 """
 
 from __future__ import annotations
@@ -41,9 +42,12 @@ STEP_TIMEOUT_MS = 60_000
 def _chromium() -> str:
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if path is None:
-        pytest.fail("Chromium is not installed: the browser tests need it. Install it with "
-                    "`apt-get install -y chromium` (Debian; .ci/run does this). Playwright's own browser "
-                    "download is not used.", pytrace=False)
+        why = ("Chromium is not installed: the browser tests need it. Install it with "
+               "`apt-get install -y chromium` (Debian; .ci/run does this). Playwright's own browser "
+               "download is not used.")
+        if os.environ.get("CRACKLOC_REQUIRE_BROWSER") == "1":
+            pytest.fail(why + " (CRACKLOC_REQUIRE_BROWSER=1)", pytrace=False)
+        pytest.skip(why + " Set CRACKLOC_REQUIRE_BROWSER=1 to make this a failure.")
     return path
 
 
@@ -173,7 +177,8 @@ def _download(page, suffix: str) -> str:
 
 
 def test_chromium_is_installed():
-    assert Path(_chromium()).is_file()  # fails (never skips) with the install command when it is missing
+    # skips with the install command when it is missing; fails instead with CRACKLOC_REQUIRE_BROWSER=1 (CI)
+    assert Path(_chromium()).is_file()
 
 
 def _row_with_index(page, index: int, *, timeout_s: float = 20.0):

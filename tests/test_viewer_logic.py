@@ -172,7 +172,8 @@ def test_export_files_hold_predicts_line_the_mask_and_the_csv(tmp_path):
     assert len(lines) == 1
     rec = json.loads(lines[0])
     assert list(rec) == ["path", "crack_probability", "crack", "decision_threshold", "width", "height", "n_tiles",
-                         "scale", "heatmap", "geometry", "heatmap_png", "overlay_png", "color_png"]
+                         "scale", "heatmap", "precision", "line_guide", "geometry", "heatmap_png", "overlay_png",
+                         "color_png"]
     assert rec["heatmap"]["map_threshold"] == 0.4 and rec["path"] == "wall.jpg"
     assert rec["geometry"]["count"] == report.count >= 1
     assert read_crack_csv((tmp_path / "export" / "wall_cracks.csv").read_text()) == rec["geometry"]["cracks"]

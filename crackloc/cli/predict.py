@@ -45,6 +45,10 @@ def _predict_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-pixels", type=int, help="refuse images above this many pixels (default 100 MP)")
     p.add_argument("--resume", action="store_true",
                    help="keep the images already done in --out (record and PNGs on disk) and do the rest")
+    p.add_argument("--save", choices=["all", "mask", "record"], default="all",
+                   help="what each image gets besides its line of predictions.jsonl: all = heatmap, overlay and "
+                        "colour PNGs (default); mask = the 8-bit heatmap PNG only (the crack mask is map >= 128); "
+                        "record = no PNG and no line guide (fastest: to sort or screen an archive)")
     g = p.add_argument_group("engine (--engine ray: a Ray Data actor pool, same outputs plus summary.parquet)")
     g.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: this process (default); ray: a pool of Ray actors on this machine or a cluster")
@@ -99,7 +103,7 @@ def _run_predict(a: argparse.Namespace) -> int:
         raise CracklocError("--max-pixels must be positive")
     inputs = _inputs(a)
     options = {"geometry": a.geometry or a.mm_per_px is not None, "mm_per_px": a.mm_per_px,
-               "max_pixels": a.max_pixels, "resume": a.resume, "log": _stderr}
+               "max_pixels": a.max_pixels, "resume": a.resume, "save": a.save, "log": _stderr}
     summary = None
     try:
         if a.engine == "ray":  # Ray is imported only here
@@ -153,7 +157,7 @@ def _run_demo(a: argparse.Namespace) -> int:
         if run.exists() or run.is_symlink():  # never delete: the folder may hold the user's own files
             print(f"moved the earlier {run} aside to {_move_aside(run)}")
         cfg = preset("tiny", **{"data.data": str(ASSETS / "sample"), "model.pretrained": "none",
-                                "train.epochs": a.epochs})
+                                "teacher.pretrained": "none", "train.epochs": a.epochs})
         print("1/3 training the teacher and the proposed model on the 200 bundled patches (tiny preset)")
         train_run(cfg, run)
         m = evaluate_run(run)["at_0.5"]

@@ -14,7 +14,7 @@ from crackloc.errors import CracklocError
 from crackloc.evaluation.classification import classification_metrics, pseudo_mask_iou
 from crackloc.io import write_json, write_text
 from crackloc.models.checkpoint import load_model
-from crackloc.tensors import predict_batches
+from crackloc.tensors import model_device, predict_batches, resolve_precision
 from crackloc.training.pseudo import teacher_cams
 
 
@@ -78,6 +78,7 @@ def evaluate_run(run: str | Path | None = None, *, checkpoint: str | Path | None
         "at_0.5": classification_metrics(probs, test.labels, threshold=0.5),
         "at_val_threshold": classification_metrics(probs, test.labels, threshold=val_t),
         "inference_images_per_s": round(len(test.labels) / max(seconds, 1e-9), 1),
+        "precision": resolve_precision("auto", model_device(model)),
         "failed_images": test.failed,
     }
     iou = paper_iou(Path(run) / "teacher.pt" if run else None, test, heatmaps, percentile=cfg.train.pseudo_percentile)

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from crackloc.config import InferenceConfig
 from crackloc.errors import CracklocError
 from crackloc.inference.predictor import Predictor, colorize, heatmap_stats, overlay
 from crackloc.io import (
@@ -40,6 +41,9 @@ from crackloc.io import (
 )
 
 PNG_KINDS = ("heatmap", "overlay", "color")  # each image gets `<stem>_<kind>.png`
+# `predict --save`: which PNGs each image gets (its record is always written). `record` also skips
+# the line guide, which only changes the drawn map below the mask level (not decisions or geometry)
+SAVE_KINDS: dict[str, tuple[str, ...]] = {"all": PNG_KINDS, "mask": ("heatmap",), "record": ()}
 SPACE_ERRNOS = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))  # disk full, quota reached
 
 
@@ -223,9 +227,16 @@ def plan_outputs(files: list[Path], *, used: set[str] | None = None) -> dict[Pat
     return plan
 
 
-def png_names(stem: str) -> dict[str, str]:
-    """Record key → file name of an image's PNGs."""
-    return {f"{kind}_png": f"{stem}_{kind}.png" for kind in PNG_KINDS}
+def png_names(stem: str, kinds: tuple[str, ...] = PNG_KINDS) -> dict[str, str]:
+    """Record key → file name of an image's PNGs (of these `kinds`)."""
+    return {f"{kind}_png": f"{stem}_{kind}.png" for kind in kinds}
+
+
+def save_kinds(save: str) -> tuple[str, ...]:
+    """The PNG kinds a `--save` choice writes (CracklocError for an unknown one)."""
+    if save not in SAVE_KINDS:
+        raise CracklocError(f"--save must be one of {', '.join(SAVE_KINDS)}, got {save!r}")
+    return SAVE_KINDS[save]
 
 
 _MEMORY_WORDS = re.compile(r"out of memory|not enough memory|(tried|unable) to allocate|can(no|')t allocate", re.I)
@@ -248,11 +259,13 @@ def model_failure(exc: BaseException, path: Path | str) -> CracklocError:
 
 
 def predict_one(predictor: Predictor, path: Path | str, stem: str, *, geometry: bool, mm_per_px: float | None,
-                load_kwargs: dict, source: Path | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+                load_kwargs: dict, source: Path | None = None, save: str = "all"
+                ) -> tuple[dict, dict[str, np.ndarray]]:
     """Predict one file: → (its JSON record, PNG file name → array); CracklocError for a bad file.
 
     `path` names the input in the record and in errors; `source` is the local file decoded in its
-    place (a downloaded copy of a remote object), default `path` itself.
+    place (a downloaded copy of a remote object), default `path` itself. `save` chooses the PNGs
+    (`SAVE_KINDS`).
     """
     if source is None:
         image = rgb_to_tensor(load_rgb(path, **load_kwargs))  # [3,H,W] uint8
@@ -262,31 +275,39 @@ def predict_one(predictor: Predictor, path: Path | str, stem: str, *, geometry: 
         except CracklocError as exc:
             raise CracklocError(str(exc).replace(str(source), str(path))) from None
     try:
-        return _maps(predictor, path, image, stem, geometry=geometry, mm_per_px=mm_per_px)
+        return _maps(predictor, path, image, stem, geometry=geometry, mm_per_px=mm_per_px, kinds=save_kinds(save))
     except (RuntimeError, MemoryError) as exc:
         raise model_failure(exc, path) from None
 
 
 def _maps(predictor: Predictor, path: Path | str, image: torch.Tensor, stem: str, *, geometry: bool,
-          mm_per_px: float | None) -> tuple[dict, dict[str, np.ndarray]]:
-    """The record and the PNG arrays of one decoded image (uint8 [3,H,W])."""
-    pred = predictor.predict(image)
+          mm_per_px: float | None, kinds: tuple[str, ...] = PNG_KINDS) -> tuple[dict, dict[str, np.ndarray]]:
+    """The record and the PNG arrays (of `kinds`) of one decoded image (uint8 [3,H,W])."""
+    pred = predictor.predict(image, line_guide=bool(kinds))
     rec = {"path": str(path), "crack_probability": round(pred.probability, 5),
            "crack": pred.probability >= predictor.threshold, "decision_threshold": predictor.threshold,
            "width": int(image.shape[2]), "height": int(image.shape[1]), "n_tiles": pred.n_tiles,
-           "scale": round(pred.scale, 4), "heatmap": heatmap_stats(pred.heatmap)}
-    over = overlay(image, pred.heatmap)
+           "scale": round(pred.scale, 4), "heatmap": heatmap_stats(pred.heatmap),
+           **run_settings(predictor.cfg, line_guide=bool(kinds))}
+    draw = {"overlay_png": lambda: overlay(image, pred.heatmap), "color_png": lambda: colorize(pred.heatmap),
+            "heatmap_png": lambda: (pred.heatmap.numpy() * 255).round().astype("uint8")}
+    names = png_names(stem, kinds)
+    arrays = {key: draw[key]() for key in names}
     if geometry:
         from crackloc.inference.geometry import draw_geometry, measure_cracks
 
         geo = measure_cracks((pred.heatmap >= 0.5).numpy(), mm_per_px=mm_per_px)
         rec["geometry"] = geo.to_dict()
-        over = draw_geometry(over, geo)
-    names = png_names(stem)
+        if "overlay_png" in arrays:
+            arrays["overlay_png"] = draw_geometry(arrays["overlay_png"], geo)
     rec.update(names)
-    arrays = {"heatmap_png": (pred.heatmap.numpy() * 255).round().astype("uint8"),
-              "overlay_png": over, "color_png": colorize(pred.heatmap)}
     return rec, {names[key]: arrays[key] for key in names}
+
+
+def run_settings(cfg: InferenceConfig, *, line_guide: bool = True) -> dict:
+    """What a record says of how it was made: the precision that ran (a `Predictor`'s resolved
+    `cfg`), the line guide applied."""
+    return {"precision": cfg.precision, "line_guide": cfg.line_guide if line_guide else 0.0}
 
 
 @contextmanager
@@ -355,17 +376,17 @@ def _commit(out: Path, rec: dict, pngs: dict[str, np.ndarray], writer: RecordWri
     commit_record(out, rec, list(pngs), writer, done=done)
 
 
-def _resume_state(out: Path, plan: dict[Path | str, str], *, resume: bool,
-                  log: Callable[[str], None]) -> list[dict]:
-    """Records to keep (resume: those of planned inputs whose PNGs all exist); rewrites predictions.jsonl."""
+def _resume_state(out: Path, plan: dict[Path | str, str], *, resume: bool, log: Callable[[str], None],
+                  kinds: tuple[str, ...] = PNG_KINDS) -> list[dict]:
+    """Records to keep (resume: those of planned inputs whose PNGs of `kinds` all exist); rewrites predictions.jsonl."""
     path = out / "predictions.jsonl"
     earlier = read_records(path)
     kept: dict[str, dict] = {}
     if resume:
-        wanted = {str(p): png_names(stem) for p, stem in plan.items()}
+        wanted = {str(p): png_names(stem, kinds) for p, stem in plan.items()}
         for rec in earlier:
             names = wanted.get(rec["path"]) if isinstance(rec.get("path"), str) else None
-            if names and rec["path"] not in kept and all(
+            if names is not None and rec["path"] not in kept and all(
                     rec.get(k) == v and (out / v).is_file() for k, v in names.items()):
                 kept[rec["path"]] = rec
         log(f"resuming: {len(kept)} of {len(plan)} image(s) already done in {out}")
@@ -376,9 +397,13 @@ def _resume_state(out: Path, plan: dict[Path | str, str], *, resume: bool,
 
 
 def start_run(out: Path, plan: dict[Path | str, str], failed: list[tuple[str, str]], *, resume: bool,
-              log: Callable[[str], None]) -> tuple[BatchReport, list[tuple[Path | str, str]]]:
-    """Apply the resume rule to `out`: → (report holding the kept records, (input, stem) still to do)."""
-    report = BatchReport(records=_resume_state(out, plan, resume=resume, log=log), failed=failed)
+              log: Callable[[str], None], save: str = "all") -> tuple[BatchReport, list[tuple[Path | str, str]]]:
+    """Apply the resume rule to `out`: → (report holding the kept records, (input, stem) still to do).
+
+    A kept record needs the PNGs that `save` asks for on disk (more are fine).
+    """
+    kinds = save_kinds(save)
+    report = BatchReport(records=_resume_state(out, plan, resume=resume, log=log, kinds=kinds), failed=failed)
     report.resumed = len(report.records)
     done = {r["path"] for r in report.records}
     return report, [(p, stem) for p, stem in plan.items() if str(p) not in done]
@@ -422,8 +447,11 @@ def _predict_all(predictor: Predictor, todo: list[tuple[Path, str]], out: Path, 
 
 def predict_files(predictor: Predictor, inputs: list[str | Path], out: str | Path, *, geometry: bool = False,
                   mm_per_px: float | None = None, max_pixels: int | None = None, resume: bool = False,
-                  progress: bool = True, log: Callable[[str], None] | None = None) -> BatchReport:
+                  save: str = "all", progress: bool = True, log: Callable[[str], None] | None = None
+                  ) -> BatchReport:
     """Write each image's `<stem>_{heatmap,overlay,color}.png` and its line of `predictions.jsonl` into `out`.
+
+    `save` 'mask' writes only `<stem>_heatmap.png`, 'record' no PNG (`SAVE_KINDS`).
 
     Bad inputs are skipped and listed in `failed.jsonl` (path, reason). Without `resume`,
     `predictions.jsonl` starts empty; with it, images already done are kept and skipped.
@@ -434,14 +462,15 @@ def predict_files(predictor: Predictor, inputs: list[str | Path], out: str | Pat
         CracklocError: when an output cannot be written (disk full): the run stops there.
     """
     out, log = Path(out), log or (lambda message: None)
+    save_kinds(save)  # an unknown choice is refused before anything is touched
     out.mkdir(parents=True, exist_ok=True)
     files, failed = expand_inputs(inputs, exclude=out)
     plan = plan_outputs(files)
-    report, todo = start_run(out, plan, failed, resume=resume, log=log)
+    report, todo = start_run(out, plan, failed, resume=resume, log=log, save=save)
     load_kwargs = {"max_pixels": max_pixels} if max_pixels else {}
     try:
         _predict_all(predictor, todo, out, report, total=len(plan), progress=progress, geometry=geometry,
-                     mm_per_px=mm_per_px, load_kwargs=load_kwargs)
+                     mm_per_px=mm_per_px, load_kwargs=load_kwargs, save=save)
     except KeyboardInterrupt:
         with suppress(OSError):
             save_failed(out, report.failed)

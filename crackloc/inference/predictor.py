@@ -23,7 +23,7 @@ from crackloc.inference.autoscale import auto_scale
 from crackloc.inference.guide import guide_map, line_evidence
 from crackloc.inference.tiling import predict_tiled
 from crackloc.models.checkpoint import load_model
-from crackloc.tensors import MAP_ALIGNMENT
+from crackloc.tensors import MAP_ALIGNMENT, resolve_precision
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 # Gated maps: a window below this crack probability may skip the map decoder (stage 2), since its
@@ -123,7 +123,9 @@ class Predictor:
         """Memory format and compilation as `cfg` asks; ONNX models run in fp32 as they are."""
         if not isinstance(model, torch.nn.Module):
             cfg = dataclasses.replace(cfg, precision="32", compile=False)
-        elif cfg.precision == "bf16":
+        else:  # `cfg.precision` from here on is the one that runs ('auto' resolved for the device)
+            cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, cfg.device))
+        if cfg.precision == "bf16":
             model = model.to(memory_format=torch.channels_last)
         if isinstance(model, torch.nn.Module) and hasattr(model, "decode_min_prob"):
             model.decode_min_prob = GATED_SKIP_PROB if cfg.gate else 0.0
@@ -142,8 +144,12 @@ class Predictor:
         return OnnxPredictor(path)
 
     @torch.inference_mode()
-    def predict(self, image: torch.Tensor) -> Prediction:
-        """uint8 [3,H,W] → Prediction (heatmap [H,W], probability = max over windows)."""
+    def predict(self, image: torch.Tensor, *, line_guide: bool = True) -> Prediction:
+        """uint8 [3,H,W] → Prediction (heatmap [H,W], probability = max over windows).
+
+        `line_guide=False` skips the configured line guide (for records only: the mask and the
+        probability are the same either way).
+        """
         cfg = self.cfg
         scale = auto_scale(image) if cfg.auto_scale else cfg.scale
         res = self._tiled(image, scale)  # the decision and the first map: the photo as it is
@@ -153,7 +159,7 @@ class Predictor:
             into, back = VIEWS[v]
             heatmap = heatmap + back(self._tiled(into(image).contiguous(), s).heatmap)  # [H,W]
         heatmap = heatmap / (len(passes) + 1)
-        if cfg.line_guide > 0 and bool(heatmap.any()):  # onto the photo's own dark-line pixels (an all-0 map stays 0)
+        if line_guide and cfg.line_guide > 0 and bool(heatmap.any()):  # onto the photo's own dark-line pixels (an all-0 map stays 0)
             heatmap = guide_map(heatmap, line_evidence(image.to(heatmap.device), scale=scale), weight=cfg.line_guide)
         if not math.isfinite(res.probability) or not bool(torch.isfinite(heatmap).all()):
             raise CracklocError(f"{self.checkpoint}: the model returned NaN or infinite values "

@@ -163,6 +163,7 @@ class WorkerSpec:
     max_pixels: int | None
     cache_dir: str | None
     threads: int
+    save: str = "all"
 
 
 class PhotoWorker:
@@ -213,7 +214,7 @@ class PhotoWorker:
                 source = self._download(key)
             rec, pngs = predict_one(self.predictor, key if is_uri(key) else Path(key), stem,
                                     geometry=spec.geometry, mm_per_px=spec.mm_per_px,
-                                    load_kwargs=self.load_kwargs, source=source)
+                                    load_kwargs=self.load_kwargs, source=source, save=spec.save)
         except CracklocError as exc:
             row["error"] = failure_reason(exc, key)
             return row
@@ -317,7 +318,8 @@ def _resources(ray, workers: int, cpus: float | None, gpus: float | None, *, loc
 
 def predict_files_ray(checkpoint: str | Path | None, cfg: InferenceConfig, inputs: list[str | Path],
                       out: str | Path, *, geometry: bool = False, mm_per_px: float | None = None,
-                      max_pixels: int | None = None, resume: bool = False, workers: int | None = None,
+                      max_pixels: int | None = None, resume: bool = False, save: str = "all",
+                      workers: int | None = None,
                       address: str | None = None, cpus_per_worker: float | None = None,
                       gpus_per_worker: float | None = None, threshold: float | None = None,
                       cache_dir: str | Path | None = None, progress: bool = True,
@@ -331,6 +333,7 @@ def predict_files_ray(checkpoint: str | Path | None, cfg: InferenceConfig, input
         inputs: Files, folders, and URIs pyarrow reads (`s3://bucket/prefix`, `gs://…`).
         out: Output folder; on a multi-node cluster, a mount every worker shares.
         resume: Keep the images already done in `out` (as the local engine's `resume`).
+        save: Which PNGs each image gets: all, mask or record (as the local engine's `save`).
         workers: Actors in the pool (default: one per GPU of the cluster, else 1).
         address: Ray cluster to join (`auto`: the one `ray start` made here); default: start a
             local Ray with this machine's cores and shut it down at the end.
@@ -356,13 +359,13 @@ def predict_files_ray(checkpoint: str | Path | None, cfg: InferenceConfig, input
     del probe
     out.mkdir(parents=True, exist_ok=True)
     plan, failed = plan_inputs(inputs, out)
-    report, todo = start_run(out, plan, failed, resume=resume, log=log)
+    report, todo = start_run(out, plan, failed, resume=resume, log=log, save=save)
     started, completed = False, False
     try:
         if todo:
             started = _start_ray(ray, address, log)
             _run_pipeline(ray, checkpoint, cfg, todo, out, report, total=len(plan), geometry=geometry,
-                          mm_per_px=mm_per_px, max_pixels=max_pixels, workers=workers, address=address,
+                          mm_per_px=mm_per_px, max_pixels=max_pixels, save=save, workers=workers, address=address,
                           cpus=cpus_per_worker, gpus=gpus_per_worker, threshold=threshold,
                           cache_dir=cache_dir, progress=progress, log=log)
         completed = True
@@ -411,7 +414,7 @@ def _finish(out: Path, report: BatchReport, geometry: bool) -> None:
 
 def _run_pipeline(ray, checkpoint: Path, cfg: InferenceConfig, todo: list[tuple[Path | str, str]], out: Path,
                   report: BatchReport, *, total: int, geometry: bool, mm_per_px: float | None,
-                  max_pixels: int | None, workers: int | None, address: str | None, cpus: float | None,
+                  max_pixels: int | None, save: str, workers: int | None, address: str | None, cpus: float | None,
                   gpus: float | None, threshold: float, cache_dir: str | Path | None, progress: bool,
                   log: Callable[[str], None]) -> None:
     """Stream `todo` through the actor pool and commit each record as it arrives."""
@@ -424,7 +427,7 @@ def _run_pipeline(ray, checkpoint: Path, cfg: InferenceConfig, todo: list[tuple[
                       cfg=dataclasses.replace(cfg, device="cuda") if gpus else cfg, threshold=threshold,
                       out=str(out.resolve()), geometry=geometry, mm_per_px=mm_per_px,
                       max_pixels=max_pixels, cache_dir=str(cache_dir) if cache_dir else None,
-                      threads=max(1, int(cpus)))
+                      threads=max(1, int(cpus)), save=save)
     model_ref = ray.put(checkpoint.read_bytes())
     log(f"ray: {len(todo)} image(s) on {workers} worker(s), {cpus:g} CPU(s)"
         f"{f' and {gpus:g} GPU(s)' if gpus else ''} each")
@@ -460,7 +463,7 @@ def _take(row: dict, out: Path, report: BatchReport, writer: RecordWriter, done:
         done.add(path)
         return
     rec = json.loads(row["record"])
-    files = [rec[k] for k in png_names("")]
+    files = [rec[k] for k in png_names("") if k in rec]  # those its --save asked for
     missing = [f for f in files if not (out / f).is_file()]
     if missing:
         raise CracklocError(f"{out}: a worker wrote {missing[0]} where this machine cannot see it: on a cluster, "

@@ -25,7 +25,7 @@ from crackloc.tensors import autocast_for, nominal_stride, to_input, upsample_ce
 
 @torch.no_grad()
 def _descriptor_batches(teacher: torch.nn.Module, images: torch.Tensor, *, batch_size: int, progress: bool,
-                        desc: str, precision: str = "bf16"):
+                        desc: str, precision: str = "auto"):
     """Yield the teacher's feature maps [b,C,h,w] (float64) batch by batch for uint8 [N,3,S,S]."""
     for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
         x = to_input(images[start:start + batch_size], channels_last=True)  # [b,3,S,S]
@@ -35,7 +35,7 @@ def _descriptor_batches(teacher: torch.nn.Module, images: torch.Tensor, *, batch
 
 
 def ddt_direction(teacher: torch.nn.Module, images: torch.Tensor, *, batch_size: int = 64,
-                  precision: str = "bf16", progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                  precision: str = "auto", progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean [C] and first principal direction [C] of the descriptors of uint8 images [N,3,S,S]."""
     total, outer, count = None, None, 0
     for feats in _descriptor_batches(teacher, images, batch_size=batch_size, progress=progress,
@@ -53,7 +53,7 @@ def ddt_direction(teacher: torch.nn.Module, images: torch.Tensor, *, batch_size:
 
 
 def ddt_projection(teacher: torch.nn.Module, images: torch.Tensor, mean: torch.Tensor, direction: torch.Tensor,
-                   *, batch_size: int = 64, precision: str = "bf16", progress: bool = True) -> torch.Tensor:
+                   *, batch_size: int = 64, precision: str = "auto", progress: bool = True) -> torch.Tensor:
     """(descriptor − mean) · direction at every position: uint8 [N,3,S,S] → float [N,1,h,w]."""
     out = []
     for feats in _descriptor_batches(teacher, images, batch_size=batch_size, progress=progress,
@@ -64,7 +64,7 @@ def ddt_projection(teacher: torch.nn.Module, images: torch.Tensor, mean: torch.T
 
 def ddt_pseudo_masks(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
                      grid: tuple[int, int], phase: float = 0.0, negatives: str = "zeros", batch_size: int = 64,
-                     precision: str = "bf16", progress: bool = True) -> torch.Tensor:
+                     precision: str = "auto", progress: bool = True) -> torch.Tensor:
     """DDT pseudo maps for the PSOL regressor.
 
     Args:

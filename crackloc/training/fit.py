@@ -36,6 +36,7 @@ from crackloc.config import ModelConfig, TrainConfig
 from crackloc.data.dataset import DecodedSplit, PatchDataset
 from crackloc.errors import CracklocError
 from crackloc.models.registry import build_model
+from crackloc.tensors import resolve_precision
 from crackloc.training.module import EpochCSV, LitLocalizer
 
 STEP_CHECKPOINT_EVERY = 50  # train steps between "last" checkpoints, so a kill loses little
@@ -89,6 +90,12 @@ def _trainer_kwargs(train_cfg: TrainConfig) -> dict[str, Any]:
             "use_distributed_sampler": False}  # LitData below shards the data itself
 
 
+def train_precision(train_cfg: TrainConfig) -> str:
+    """The precision training runs in: `train.precision` resolved for the device Lightning will pick."""
+    on_gpu = train_cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    return resolve_precision(train_cfg.precision, "cuda" if on_gpu else "cpu")
+
+
 def make_trainer(train_cfg: TrainConfig, ckpt_dir: Path, csv_path: Path, *, epochs: int,
                  progress: bool) -> L.Trainer:
     """A Trainer with best (by `train_cfg.select_by`) and last checkpoints, early stopping, an epoch CSV."""
@@ -105,7 +112,7 @@ def make_trainer(train_cfg: TrainConfig, ckpt_dir: Path, csv_path: Path, *, epoc
                                  enable_version_counter=False, save_on_train_epoch_end=True)
     return L.Trainer(
         max_epochs=epochs, **_trainer_kwargs(train_cfg),
-        precision="bf16-mixed" if train_cfg.precision == "bf16" else "32-true",
+        precision="bf16-mixed" if train_precision(train_cfg) == "bf16" else "32-true",
         callbacks=[*selection, last_step, last_epoch, EpochCSV(csv_path)], logger=False, enable_progress_bar=progress,
         enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=10,
     )
@@ -214,6 +221,9 @@ def fit_model(model_cfg: ModelConfig, train_cfg: TrainConfig, train: DecodedSpli
         warnings.filterwarnings("ignore", message=".*is smaller than the logging interval.*")
         # DDP: a [1, C] classifier's gradient and its bucket differ in strides only (benign)
         warnings.filterwarnings("ignore", message=".*Grad strides do not match bucket view strides.*")
+        # Lightning's own pytree helper still builds torch's deprecated LeafSpec (torch >= 2.10)
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated",
+                                category=FutureWarning)
         fit_interruptibly(trainer, module, datamodule=LitData(train, val, pseudo, train_cfg),
                           ckpt_path=_resume_path(last))
     best = ckpt_dir / "best.ckpt"

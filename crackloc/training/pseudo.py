@@ -12,10 +12,10 @@ from crackloc.tensors import autocast_for, nominal_stride, to_input, upsample_ce
 
 @torch.no_grad()
 def teacher_cams(teacher: torch.nn.Module, images: torch.Tensor, *, batch_size: int = 64,
-                 channels_last: bool = False, precision: str = "bf16", progress: bool = False) -> torch.Tensor:
+                 channels_last: bool = False, precision: str = "auto", progress: bool = False) -> torch.Tensor:
     """Raw CAMs of a teacher (a model with `raw_cam`): uint8 [N,3,S,S] → float [N,1,h,w].
 
-    `precision` 'bf16' runs under bf16 autocast (as training does), '32' in fp32.
+    `precision` 'bf16' runs under bf16 autocast, '32' in fp32, 'auto' as the device runs best (as training does).
     """
     teacher = teacher.eval()
     if channels_last:
@@ -44,7 +44,7 @@ def cam_masks(cams: torch.Tensor, *, size: tuple[int, int], percentile: float, p
 @torch.no_grad()
 def pseudo_masks(teacher: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
                  grid: tuple[int, int], phase: float = 0.0, percentile: float = 95.0, negatives: str = "zeros",
-                 target: str = "binary", batch_size: int = 64, precision: str = "bf16",
+                 target: str = "binary", batch_size: int = 64, precision: str = "auto",
                  progress: bool = True) -> torch.Tensor:
     """Pseudo ground truth for the student's L1 term (made at the patch size by `train_run`).
 

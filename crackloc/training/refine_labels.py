@@ -120,7 +120,7 @@ def refine_pseudo_labels(images: torch.Tensor, labels: torch.Tensor, stage1_maps
 
 @torch.no_grad()
 def refined_labels(stage1: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
-                   cfg: RefineConfig | None = None, batch_size: int = 32, precision: str = "bf16",
+                   cfg: RefineConfig | None = None, batch_size: int = 32, precision: str = "auto",
                    progress: bool = False) -> torch.Tensor:
     """Run a stage-1 model over uint8 patches [N,3,S,S] and refine its maps: → uint8 [N,1,S,S].
 
@@ -157,7 +157,7 @@ SELF_BACKGROUND = 0.1  # ... at or below this background, in between ignored
 
 @torch.no_grad()
 def self_training_labels(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, *,
-                         band: int = 0, batch_size: int = 32, precision: str = "bf16",
+                         band: int = 0, batch_size: int = 32, precision: str = "auto",
                          progress: bool = False) -> torch.Tensor:
     """A stage-2 model's own confident pixels as labels for one more round: → uint8 [N,1,S,S].
 

@@ -48,7 +48,7 @@ from crackloc.models.checkpoint import load_model, save_model
 from crackloc.models.registry import build_model
 from crackloc.tensors import MAP_ALIGNMENT, predict_batches
 from crackloc.training.ddt import ddt_pseudo_masks
-from crackloc.training.fit import Ranks, fit_model, per_device_batch
+from crackloc.training.fit import Ranks, fit_model, per_device_batch, train_precision
 from crackloc.training.pseudo import pseudo_masks
 from crackloc.training.refine_labels import refined_labels, self_training_labels
 from crackloc.training.threshold import choose_threshold
@@ -347,7 +347,7 @@ def _finish(cfg: RunConfig, out: Path, splits: dict[str, DecodedSplit], model: t
     failed = split_failures(out) + [f for s in splits.values() for f in s.failed]
     meta = {"role": "student", "val_threshold": threshold, "train_seconds": round(time.time() - t0, 1),
             "n_train": len(splits["train"].labels), "n_val": len(splits["val"].labels),
-            "pretrained": cfg.model.pretrained,
+            "precision": train_precision(cfg.train), "pretrained": cfg.model.pretrained,
             "pretrained_source": getattr(model, "pretrained_source", None)
             or getattr(getattr(model, "backbone", None), "pretrained_source", "none"),
             "failed_images": failed}

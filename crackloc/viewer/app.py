@@ -209,7 +209,10 @@ class Viewer:
         return job
 
     def _thumb(self, it: FolderItem, out: Path) -> str | None:
-        png = (out / str(it.record.get("overlay_png", ""))).resolve()
+        name = it.record.get("overlay_png") or it.record.get("heatmap_png")  # predict --save mask: the map
+        if not name:  # predict --save record: no picture
+            return None
+        png = (out / str(name)).resolve()
         if not png.is_relative_to(out) or not png.is_file():
             return None
         key = f"{png}:{png.stat().st_mtime_ns}"

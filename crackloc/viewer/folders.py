@@ -78,9 +78,11 @@ def folder_photos(folder: str | Path, *, root: str | Path, exclude: str | Path |
 
 
 def _record_pngs_ok(rec: dict, out: Path) -> bool:
-    """The record names its three PNGs, each a file inside `out`."""
+    """Each PNG the record names is a file inside `out` (`predict --save mask|record` names fewer)."""
     for name in png_names("x"):
-        value = rec.get(name)
+        if name not in rec:
+            continue
+        value = rec[name]
         if not isinstance(value, str) or not value:
             return False
         target = (out / value).resolve()
@@ -92,7 +94,7 @@ def _record_pngs_ok(rec: dict, out: Path) -> bool:
 def existing_results(out: str | Path, photos: list[Path], folder: str | Path) -> dict[Path, dict]:
     """Records of `out/predictions.jsonl` (written by `predict` or by this viewer) for these photos.
 
-    A record counts when its three PNGs are in `out` and its path is one of the photos: as
+    A record counts when the PNGs it names are in `out` and its path is one of the photos: as
     written (absolute, or relative to the current folder) or, for a relative path, by its
     trailing part relative to `folder` (`crackloc predict photos/ --out maps/` run elsewhere).
     Later lines win (a rerun appends).

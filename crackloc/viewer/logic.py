@@ -26,6 +26,7 @@ from crackloc.config import InferenceConfig, check_value
 from crackloc.errors import CracklocError
 from crackloc.inference.batch import (
     png_names,
+    run_settings,
     safe_stem,
 )
 from crackloc.inference.geometry import CrackReport, draw_geometry, measure_cracks
@@ -291,7 +292,7 @@ def summary(photo: MappedPhoto, report: CrackReport, threshold: float) -> str:
         f"(decision threshold {photo.decision_threshold:.3f}, from the model file)",
         cracks,
         f"{photo.name} · {photo.width}×{photo.height} px · {photo.n_tiles} tiles of {cfg.tile} px at "
-        f"scale {photo.scale:.3g} · mapped in {photo.seconds:.1f} s",
+        f"scale {photo.scale:.3g} · {'bf16' if cfg.precision == 'bf16' else 'fp32'} · mapped in {photo.seconds:.1f} s",
     ])
 
 
@@ -326,7 +327,8 @@ def predict_record(path: str, photo: MappedPhoto, stem: str, report: CrackReport
     rec: dict[str, Any] = {
         "path": path, "crack_probability": round(photo.probability, 5), "crack": photo.crack,
         "decision_threshold": photo.decision_threshold, "width": photo.width, "height": photo.height,
-        "n_tiles": photo.n_tiles, "scale": round(photo.scale, 4), "heatmap": heatmap_stats(photo.heatmap, threshold=map_threshold)}
+        "n_tiles": photo.n_tiles, "scale": round(photo.scale, 4), "heatmap": heatmap_stats(photo.heatmap, threshold=map_threshold),
+        **run_settings(photo.cfg)}
     if report is not None:
         rec["geometry"] = report.to_dict()
     rec.update(png_names(stem))

@@ -200,7 +200,7 @@ class PhotoMapper:
         self.seconds_per_tile = 0.5 * self.seconds_per_tile + 0.5 * seconds / max(windows, 1)
         photo = MappedPhoto(key=key, name=name, image=image, heatmap=pred.heatmap.float(),
                             probability=pred.probability, decision_threshold=predictor.threshold,
-                            n_tiles=pred.n_tiles, cfg=cfg, seconds=seconds, grayscale=grayscale,
+                            n_tiles=pred.n_tiles, cfg=predictor.cfg, seconds=seconds, grayscale=grayscale,
                             scale=pred.scale)
         if keep:
             self._photos.put(key, photo)

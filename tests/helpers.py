@@ -1,0 +1,64 @@
+"""Test utilities: run the `crackloc` CLI in a subprocess that holds still at a chosen call.
+
+Signal tests (Ctrl-C, SIGKILL) must land their signal at a known point, whatever the CPU's
+speed: the subprocess wraps one function (`module:Class.method`); on its N-th call it touches a
+marker file and waits in `signal.pause()` until a signal arrives. The test waits for the
+marker, then sends its signal. No sleep decides where the signal lands.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HOLD_SCRIPT = """\
+import importlib, os, runpy, signal, sys
+from pathlib import Path
+
+module, attr = os.environ["CRACKLOC_HOLD_AT"].split(":")
+call, marker = int(os.environ["CRACKLOC_HOLD_CALL"]), Path(os.environ["CRACKLOC_HOLD_MARKER"])
+owner = importlib.import_module(module)
+*parents, name = attr.split(".")
+for part in parents:
+    owner = getattr(owner, part)
+original, calls = getattr(owner, name), [0]
+
+
+def held(*args, **kwargs):
+    calls[0] += 1
+    if calls[0] == call and os.environ.get("LOCAL_RANK", "0") == "0":  # DDP: rank 0 holds, the others wait on it
+        marker.touch()
+        while True:
+            signal.pause()  # SIGINT raises KeyboardInterrupt here; SIGKILL ends the process
+    return original(*args, **kwargs)
+
+
+setattr(owner, name, held)
+sys.argv[0] = "crackloc"
+runpy.run_module("crackloc.cli", run_name="__main__")
+"""
+
+
+def start_held(argv: list[str], *, at: str, call: int, marker: Path, env: dict | None = None,
+               **popen) -> subprocess.Popen:
+    """Start `crackloc ARGV` in a subprocess that holds at the `call`-th call of `at` (`module:Qual.name`)."""
+    env = {**os.environ, **(env or {}), "CRACKLOC_HOLD_AT": at, "CRACKLOC_HOLD_CALL": str(call),
+           "CRACKLOC_HOLD_MARKER": str(marker)}
+    script = marker.with_name(marker.name + "_cli.py")  # a file, so Lightning's DDP launcher can re-run it
+    script.write_text(HOLD_SCRIPT)
+    return subprocess.Popen([sys.executable, str(script), *map(str, argv)], env=env, **popen)
+
+
+def wait_held(proc: subprocess.Popen, marker: Path, *, timeout: float = 600.0) -> None:
+    """Return once `proc` holds (its marker exists); AssertionError if it ends or times out first."""
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"the subprocess ended (rc {proc.returncode}) before it reached its hold point")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"the subprocess did not reach its hold point in {timeout:.0f} s")
+        time.sleep(0.01)  # polling a condition (the marker), not timing the signal
