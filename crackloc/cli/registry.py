@@ -102,7 +102,8 @@ INFERENCE_HELP: dict[str, str] = {
     "batch_size": "windows per forward pass (bounds memory; default {d})",
     "backend": "torch or ONNX Runtime (exports are cached under $CRACKLOC_CACHE or --cache-dir)",
     "compile": "torch.compile the model (~20 s once, then ~1.25x faster; for big batches of images)",
-    "precision": "bf16 autocast + channels_last (default, ~2x faster on CPU) or 32 (fp32)",
+    "precision": "auto (default): bf16 autocast + channels_last where this CPU/GPU runs bf16 natively (~2x "
+                 "faster), else fp32; bf16 forces it (10-30x slower where it is emulated); 32 forces fp32",
 }
 
 

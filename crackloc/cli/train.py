@@ -91,7 +91,9 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
                         "(a joint or shadow edge is not a crack); 0 (default): off")
     p.add_argument("--max-train", dest="data.max_train", type=checked("max_train", "--max-train", int),
                    help="cap on training images")
-    p.add_argument("--precision", dest="train.precision", choices=choices_of(TrainConfig, "precision"))
+    p.add_argument("--precision", dest="train.precision", choices=choices_of(TrainConfig, "precision"),
+                   help="auto (default): bf16 autocast where the device runs bf16 natively, else fp32 (the one "
+                        "that ran is in train_summary.json); bf16 or 32 force one")
     p.add_argument("--select-by", dest="train.select_by", choices=choices_of(TrainConfig, "select_by"),
                    help="which epoch is kept: best val AUROC (paper; saturates at 1.0 on Özgenel), lowest "
                         "val loss, or the last (stage 2)")
