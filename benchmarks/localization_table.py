@@ -107,7 +107,8 @@ def main() -> None:
                         "gate": cfg.gate, "views": cfg.views, "scale_spread": cfg.scale_spread,
                         "line_guide": cfg.line_guide, "dev": tried,
                          "seconds": round(time.time() - t0, 1),
-                         **{k: m[k] for k in ("pxap", "f1", "iou", "ods_f1", "ois_f1", "threshold",
+                         **{k: m[k] for k in ("pxap", "f1", "iou", "ods_f1", "ois_f1", "ods_f1_0px", "ois_f1_0px",
+                                              "threshold",
                                               "width_error_px_median", "width_error_px_p90", "n_dev", "n_test")}})
         write_json(out / "table.json", {"cpu": cpu_model(), "rows": results})
 
@@ -115,9 +116,11 @@ def main() -> None:
         return "—" if x is None else f"{x:.{d}f}"
 
     print(table([[r["row"], str(r["scale"]), "on" if r["gate"] else "off", f(r["pxap"]), f(r["f1"]),
-                  f(r["iou"]), f(r["ods_f1"]), f(r["ois_f1"]), f(r["width_error_px_median"], 2),
+                  f(r["iou"]), f(r["ods_f1"]), f(r["ois_f1"]), f(r.get("ods_f1_0px")), f(r.get("ois_f1_0px")),
+                  f(r["width_error_px_median"], 2),
                   f(r["width_error_px_p90"], 2)] for r in results],
-                ["map", "scale (dev)", "gate (dev)", "PxAP", "F1 (2 px, dev thr.)", "IoU", "ODS F1", "OIS F1",
+                ["map", "scale (dev)", "gate (dev)", "PxAP", "F1 (2 px, dev thr.)", "IoU", "ODS F1 (2 px)",
+                 "OIS F1 (2 px)", "ODS F1 (0 px)", "OIS F1 (0 px)",
                  "width err. median px", "width err. p90 px"]))
 
 

@@ -111,7 +111,7 @@ def test_stage2_trains_from_a_stage1_model_file_by_one_command(tiny_run, crack_f
     out = tmp_path / "stage2"
     assert main(["train", "--data", str(crack_folder), "--preset", "tiny", "--out", str(out), "--pretrained", "none",
                  "--model", "crackseg", "--init-from", str(tiny_run / "model.pt"), "--epochs", "1",
-                 "--select-by", "last", "--max-train", "16", "--no-eval"]) == 0
+                 "--select-by", "last", "--max-train", "16", "--no-eval", "--confusers", "0.5"]) == 0
     assert (out / "model.pt").is_file() and not (out / "teacher.pt").exists()  # no teacher: stage 1 is given
     cache = torch.load(out / "pseudo_masks.pt", weights_only=True)
     assert cache["source"] == "refined" and tuple(cache["masks"].shape[-2:]) == (112, 112)

@@ -222,7 +222,8 @@ def _run_evaluate_loc(a: argparse.Namespace) -> int:
     width = m.get("width_error_px_median")
     print(f"PxAP {m['pxap']:.4f}  F1 {m['f1']:.4f}  IoU {m['iou']:.4f}  (threshold {m['threshold']:.3f} "
           f"chosen on {m['n_dev']} dev images, scored on {m['n_test']}; ODS F1 {m['ods_f1']:.4f}, "
-          f"OIS F1 {m['ois_f1']:.4f}; width error median "
+          f"OIS F1 {m['ois_f1']:.4f}; pixel-exact ODS/OIS F1 {m['ods_f1_0px']:.4f}/{m['ois_f1_0px']:.4f}; "
+          f"width error median "
           f"{'—' if width is None else f'{width:.2f}'} px) → {a.out}/metrics.json")
     failed = [(f["path"], f["reason"].removeprefix(f"{f['path']}: ")) for f in m.get("failed", [])]
     return report_failures(failed, noun="image", listed_in=f"{a.out}/metrics.json")

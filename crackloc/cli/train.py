@@ -89,6 +89,10 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--step-negatives", dest="train.step_negatives", type=checked("step_negatives", "--step-negatives"),
                    help="stage 2: share of crack-free patches darkened on one side of a random straight edge "
                         "(a joint or shadow edge is not a crack); 0 (default): off")
+    p.add_argument("--confusers", dest="train.confusers", type=checked("confusers", "--confusers"),
+                   help="stage 2: share of crack-free patches that get a random crack look-alike (formwork seam, "
+                        "joint, step, shadow edge, stain, bug holes, spall; crackloc.data.confusers), labelled "
+                        "background; 0 (default): off")
     p.add_argument("--max-train", dest="data.max_train", type=checked("max_train", "--max-train", int),
                    help="cap on training images")
     p.add_argument("--precision", dest="train.precision", choices=choices_of(TrainConfig, "precision"),

@@ -184,6 +184,7 @@ class _Scores:
     test: ThresholdEvaluator
     pxap_test: PxAPEvaluator
     pxap_all: PxAPEvaluator
+    exact_test: ThresholdEvaluator  # pixel-exact ODS/OIS (0 px), the common protocol of published crack tables
     widths: WidthErrorEvaluator | None = None
     failed: list[dict[str, str]] = field(default_factory=list)
     scored_test: list[str] = field(default_factory=list)
@@ -195,7 +196,8 @@ def _score_all(predictor: Predictor, ds: MaskDataset, dev_stems: list[str], test
     """Tile and score the DEV images, pick the threshold, then the TEST images."""
     sc = _Scores(*(ThresholdEvaluator(num_thresholds=num_thresholds, tolerance=tolerance)
                    for _ in range(2)),
-                 *(PxAPEvaluator(num_thresholds=num_thresholds) for _ in range(2)))
+                 *(PxAPEvaluator(num_thresholds=num_thresholds) for _ in range(2)),
+                 ThresholdEvaluator(num_thresholds=num_thresholds, tolerance=0))
     with tqdm(total=len(dev_stems) + len(test_stems), desc="localize", disable=not progress) as bar:
         for _ in score_images(predictor, ds, dev_stems, [sc.dev, sc.pxap_all], failed=sc.failed, bar=bar):
             pass
@@ -204,7 +206,7 @@ def _score_all(predictor: Predictor, ds: MaskDataset, dev_stems: list[str], test
                                 "threshold (see the failed images, or raise dev_fraction)")
         threshold = pick_threshold(sc.dev.compute())  # known before any test image is tiled
         sc.widths = WidthErrorEvaluator(threshold=threshold)
-        evaluators = [sc.test, sc.pxap_test, sc.pxap_all, sc.widths]
+        evaluators = [sc.test, sc.pxap_test, sc.pxap_all, sc.widths, sc.exact_test]
         for stem, image, heatmap, mask in score_images(predictor, ds, test_stems, evaluators,
                                                        failed=sc.failed, bar=bar):
             sc.scored_test.append(stem)
@@ -225,7 +227,9 @@ def evaluate_localization(predictor: Predictor, data_dir: str | Path, out_dir: s
 
     PxAP, F1, IoU, ODS and OIS are reported on the TEST part, F1/IoU at the threshold that
     maximises F1 on the DEV part; `pxap_all` covers both parts. F1/IoU/ODS/OIS use
-    `tolerance` px, PxAP is exact. Images that fail to load are listed under `failed`.
+    `tolerance` px, PxAP is exact, and `ods_f1_0px` / `ois_f1_0px` are ODS/OIS with no
+    tolerance (one threshold for the set / the best per image, pixel-exact: the protocol of
+    published crack tables). Images that fail to load are listed under `failed`.
 
     Args:
         predictor: The model file and its `InferenceConfig` (tiling, scale, gate, AHR cut, ...).
@@ -261,7 +265,9 @@ def evaluate_localization(predictor: Predictor, data_dir: str | Path, out_dir: s
     sc = _score_all(predictor, ds, dev_stems, test_stems, tolerance=tolerance,
                     num_thresholds=num_thresholds, n_overlays=n_overlays, progress=progress)
     inference = dataclasses.asdict(predictor.cfg)
+    exact = sc.exact_test.compute()
     metrics = {"pxap": sc.pxap_test.compute(), **dev_test_scores(sc.dev, sc.test),
+               "ods_f1_0px": exact.ods_f1, "ois_f1_0px": exact.ois_f1,
                "pxap_all": sc.pxap_all.compute(), **sc.widths.compute(),
                "n_images": sc.dev.n_images + sc.test.n_images,
                "n_dev": sc.dev.n_images, "n_test": sc.test.n_images, "tolerance": tolerance,

@@ -18,7 +18,8 @@ from crackloc.experiments.methods import ARCHITECTURES, PROPOSED, method_from_di
 from crackloc.io import atomic_write, write_json
 
 CLASSIFICATION = ("auroc", "accuracy", "precision", "recall", "f1")  # Table I, at threshold 0.5
-LOCALIZATION = ("iou_pseudo", "pxap", "loc_f1", "loc_iou", "loc_ods_f1", "loc_ois_f1")
+LOCALIZATION = ("iou_pseudo", "pxap", "loc_f1", "loc_iou", "loc_ods_f1", "loc_ois_f1", "loc_ods_f1_0px",
+                "loc_ois_f1_0px")
 METRICS = (*CLASSIFICATION, *(f"{m}_val_t" for m in CLASSIFICATION[1:]), *LOCALIZATION)
 
 
@@ -39,7 +40,7 @@ def run_row(method: str, seed: int, metrics: dict, loc: dict | None = None) -> d
     row["iou_pseudo"] = (metrics.get("pseudo_iou") or {}).get("iou_vs_teacher_pseudo_mean")
     loc = loc or {}
     for key, src in (("pxap", "pxap"), ("loc_f1", "f1"), ("loc_iou", "iou"), ("loc_ods_f1", "ods_f1"),
-                     ("loc_ois_f1", "ois_f1")):
+                     ("loc_ois_f1", "ois_f1"), ("loc_ods_f1_0px", "ods_f1_0px"), ("loc_ois_f1_0px", "ois_f1_0px")):
         row[key] = loc.get(src)
     row.update({"loc_threshold": loc.get("threshold"), "n_test": metrics["n_test"],
                 "images_per_s": metrics.get("inference_images_per_s"),

@@ -111,14 +111,14 @@ def iou_table(summary: dict) -> tuple[str, list[dict[str, Any]]]:
 
 def human_mask_table(summary: dict) -> tuple[str, list[dict[str, Any]]] | None:
     """PxAP / F1 / IoU against human masks per method, or None when no run was scored."""
-    keys = ("pxap", "loc_f1", "loc_iou", "loc_ods_f1", "loc_ois_f1")
+    keys = ("pxap", "loc_f1", "loc_iou", "loc_ods_f1", "loc_ois_f1", "loc_ods_f1_0px", "loc_ois_f1_0px")
     order = [*TABLE1, *(m for m, *_ in TABLE2), STAGE2, *FLOORS]
     methods = sorted((m for m in summary["methods"] if (_stat(summary, m, "pxap") or {}).get("n")),
                      key=lambda m: (order.index(m) if m in order else len(order), m))
     if not methods:
         return None
-    lines = ["| method | PxAP | F1 (dev threshold) | IoU (dev threshold) | ODS F1 | OIS F1 | p (PxAP) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| method | PxAP | F1 (dev threshold) | IoU (dev threshold) | ODS F1 | OIS F1 | ODS F1 (0 px) | "
+             "OIS F1 (0 px) | p (PxAP) |", "|---|---|---|---|---|---|---|---|---|"]
     rows = []
     for method in methods:
         lines.append(f"| {method} | " + " | ".join(fmt(_stat(summary, method, k), 3) for k in keys)

@@ -13,6 +13,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAUROC
 
 from crackloc.config import ModelConfig, TrainConfig
+from crackloc.data.confusers import add_confusers
 from crackloc.data.dataset import augment, step_negatives, zoom_out
 from crackloc.io import atomic_write
 from crackloc.models.fusion import align_to
@@ -49,6 +50,8 @@ class LitLocalizer(L.LightningModule):
             images, pseudo = zoom_out(images, pseudo, factor=factor)
         if stage2 and self.train_cfg.step_negatives > 0:  # crack-free patches only: their labels stay background
             images = step_negatives(images, labels, share=self.train_cfg.step_negatives)
+        if stage2 and self.train_cfg.confusers > 0:  # seams, joints, stains, bug holes...: all background
+            images, _ = add_confusers(images, labels, share=self.train_cfg.confusers)
         x = to_input(images, channels_last=self.train_cfg.channels_last)
         if stage2:
             logits, map_logits = self.model.forward_dense(x)
