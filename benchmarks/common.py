@@ -7,6 +7,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -44,3 +45,11 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shown(path: str | Path) -> str:
+    """`path` relative to the repository (`../shared/...` beside it): committed results hold no absolute paths."""
+    return os.path.relpath(Path(path).resolve(), REPO)

@@ -22,7 +22,7 @@ import torch
 from scipy import ndimage
 from skimage.morphology import skeletonize
 
-from benchmarks.common import cpu_model, table
+from benchmarks.common import cpu_model, shown, table
 from crackloc.data.confusers import CONFUSERS
 from crackloc.data.synthetic import random_crack_mask
 from crackloc.inference.predictor import ASSETS, Predictor
@@ -59,6 +59,23 @@ def marked_length(crack: torch.Tensor, pred: torch.Tensor) -> tuple[int, int]:
     return int((skeleton & near).sum()), int(skeleton.sum())
 
 
+def figure(panels: list[tuple[str, torch.Tensor, torch.Tensor]], path: Path) -> None:
+    """Each kind's first patch (top) and the same with its crack mask in red (bottom), labelled: → PNG."""
+    from PIL import Image, ImageDraw
+
+    size = panels[0][1].shape[-1]
+    sheet = Image.new("RGB", (size * len(panels), 2 * size + 18), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (name, image, mask) in enumerate(panels):
+        rgb = image.permute(1, 2, 0).numpy().copy()
+        sheet.paste(Image.fromarray(rgb), (i * size, 18))
+        rgb[mask.numpy()] = (230, 30, 30)
+        sheet.paste(Image.fromarray(rgb), (i * size, 18 + size))
+        draw.text((i * size + 4, 3), name, fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="model file (default: the bundled model)")
@@ -66,11 +83,12 @@ def main() -> None:
                                                   "negatives, else the bundled sample's)")
     p.add_argument("--n", type=int, default=40, help="patches per kind (default 40)")
     p.add_argument("--out", type=Path, help="also write the numbers as JSON here")
+    p.add_argument("--figure", type=Path, help="also draw the first patch of each kind and its crack mask (PNG)")
     a = p.parse_args()
     folder = a.negatives or (SHARED if SHARED.is_dir() else ASSETS / "sample" / "Negative")
     base = negatives(folder, a.n)
     predictor = Predictor(a.checkpoint)
-    rows, record = [], {}
+    rows, record, panels = [], {}, []
 
     def run(batch: torch.Tensor) -> tuple[list[torch.Tensor], list[float]]:
         preds = [predictor.predict(img) for img in batch]
@@ -85,6 +103,7 @@ def main() -> None:
         masks, probs = run(images)
         share = float(sum(int((m & r[0]).sum()) for m, r in zip(masks, region, strict=True)) / region.sum().clamp(min=1))
         record[name] = {"marked": share, "probability_median": statistics.median(probs)}
+        panels.append((name, images[0], masks[0]))
         rows.append([name, f"{100 * share:.2f} %", f"{statistics.median(probs):.3f}", "≤ 2 %"])
     for k, (name, width) in enumerate(CRACK_WIDTHS.items()):
         images, cracks = draw_cracks(base, width, seed=200 + k)
@@ -92,14 +111,17 @@ def main() -> None:
         hits = [marked_length(c, m) for c, m in zip(cracks, masks, strict=True)]
         share = sum(h for h, _ in hits) / max(sum(t for _, t in hits), 1)
         record[name] = {"length_marked": share, "probability_median": statistics.median(probs)}
+        panels.append((name, images[0], masks[0]))
         rows.append([f"control: {name}", f"{100 * share:.1f} % of length", f"{statistics.median(probs):.3f}", "≥ 90 %"])
-    print(f"CPU: {cpu_model()}; model {predictor.checkpoint}; {a.n} crack-free patches from {folder}; "
+    print(f"CPU: {cpu_model()}; model {shown(predictor.checkpoint)}; {a.n} crack-free patches from {shown(folder)}; "
           f"predict's defaults (precision {predictor.cfg.precision}, line guide {predictor.cfg.line_guide:g})\n")
     print(table(rows, ["drawn on crack-free concrete", "marked as crack (map ≥ 0.5)", "crack probability (median)",
                        "goal"]))
+    if a.figure:
+        figure(panels, a.figure)
     if a.out:
         a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps({"checkpoint": str(predictor.checkpoint), "n": a.n, "negatives": str(folder),
+        a.out.write_text(json.dumps({"checkpoint": shown(predictor.checkpoint), "n": a.n, "negatives": shown(folder),
                                      "kinds": record}, indent=1))
 
 

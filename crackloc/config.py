@@ -108,6 +108,7 @@ class TrainConfig:
     # stage 2: share of crack-free patches that get a random crack look-alike (formwork seam, joint,
     # step, shadow edge, stain, bug holes, spall: `crackloc.data.confusers`), all background; 0: off
     confusers: float = 0.0
+    confusers_on_cracks: bool = False  # also draw them on crack patches (their pixels labelled background)
     num_workers: int = 0
     accelerator: str = "auto"
     # Data-parallel training (docs/scale.md): batch_size is the global batch, split over devices x nodes

@@ -93,6 +93,9 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
                    help="stage 2: share of crack-free patches that get a random crack look-alike (formwork seam, "
                         "joint, step, shadow edge, stain, bug holes, spall; crackloc.data.confusers), labelled "
                         "background; 0 (default): off")
+    p.add_argument("--confusers-on-cracks", dest="train.confusers_on_cracks", action="store_true", default=None,
+                   help="with --confusers: draw them on crack patches too, their pixels labelled background where "
+                        "they are not crack (the model must tell a seam from the crack beside it)")
     p.add_argument("--max-train", dest="data.max_train", type=checked("max_train", "--max-train", int),
                    help="cap on training images")
     p.add_argument("--precision", dest="train.precision", choices=choices_of(TrainConfig, "precision"),

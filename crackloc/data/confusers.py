@@ -139,15 +139,18 @@ CONFUSERS: dict[str, Drawer] = {"seam": seam, "joint": joint, "step": step, "sha
 
 
 def add_confusers(images: torch.Tensor, labels: torch.Tensor, *, share: float,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  generator: torch.Generator | None = None, cracked: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw a random confuser on a `share` of the patches: → (images, drawn region bool [B,1,S,S]).
 
-    Crack-free patches only (their pixel labels, all background, stay right).
+    Crack-free patches only (their pixel labels, all background, stay right), unless `cracked`:
+    then crack patches too, and the caller labels the region background where it is not crack.
     """
     g = generator if generator is not None else torch.Generator().manual_seed(int(torch.randint(0, 2**31, (1,))))
     b = images.shape[0]
     region = torch.zeros(b, 1, *images.shape[-2:], dtype=torch.bool, device=images.device)
-    pick = (labels.flatten().cpu() < 0.5) & (torch.rand(b, generator=g) < share)  # [B] on the CPU
+    eligible = torch.ones(b, dtype=torch.bool) if cracked else labels.flatten().cpu() < 0.5
+    pick = eligible & (torch.rand(b, generator=g) < share)  # [B] on the CPU
     if not bool(pick.any()):
         return images, region
     out = images.clone()

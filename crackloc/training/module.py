@@ -50,8 +50,10 @@ class LitLocalizer(L.LightningModule):
             images, pseudo = zoom_out(images, pseudo, factor=factor)
         if stage2 and self.train_cfg.step_negatives > 0:  # crack-free patches only: their labels stay background
             images = step_negatives(images, labels, share=self.train_cfg.step_negatives)
-        if stage2 and self.train_cfg.confusers > 0:  # seams, joints, stains, bug holes...: all background
-            images, _ = add_confusers(images, labels, share=self.train_cfg.confusers)
+        if stage2 and self.train_cfg.confusers > 0:  # seams, joints, stains, bug holes...: background
+            images, region = add_confusers(images, labels, share=self.train_cfg.confusers,
+                                           cracked=self.train_cfg.confusers_on_cracks)
+            pseudo = torch.where(region & (pseudo != 1), torch.zeros_like(pseudo), pseudo)  # beside a crack too
         x = to_input(images, channels_last=self.train_cfg.channels_last)
         if stage2:
             logits, map_logits = self.model.forward_dense(x)
