@@ -55,12 +55,15 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="model file (default: the bundled model)")
     p.add_argument("--size", default="900,1200", help="photo height,width (default 900,1200)")
+    p.add_argument("--widths", default=",".join(f"{w:g}" for w in WIDTHS),
+                   help="drawn widths in px (default %(default)s; #23 asks for 1,2,3,7,15 at scale 1)")
     p.add_argument("options", nargs="*", help="more `crackloc predict` options (after --)")
     a = p.parse_args()
     warnings.filterwarnings("ignore")
     with tempfile.TemporaryDirectory() as tmp:
         size = tuple(int(v) for v in a.size.split(","))
-        rows = measured_widths(Path(tmp), size=size, checkpoint=a.checkpoint, options=tuple(a.options))
+        widths = tuple(float(v) for v in a.widths.split(","))
+        rows = measured_widths(Path(tmp), widths=widths, size=size, checkpoint=a.checkpoint, options=tuple(a.options))
     ok = True
     print("drawn px | measured mean width px | error px | length px (drawn) | cracks | scale")
     for r in rows:
