@@ -10,6 +10,7 @@ import contextlib
 import functools
 import math
 import os
+import platform
 import sys
 from collections.abc import Callable
 
@@ -46,7 +47,12 @@ def native_bf16(device: torch.device | str = "cpu") -> bool:
 
 @functools.cache
 def _mkldnn_bf16() -> bool:
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    """oneDNN's bf16 check (it honours ISA caps) and, on x86, the bf16 instructions themselves:
+    oneDNN also says yes on AVX-512 CPUs without them (Skylake to Ice Lake), where bf16 is emulated."""
+    ok = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if ok and platform.machine().lower() in ("x86_64", "amd64", "i386", "i686"):
+        ok = bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return ok
 
 
 def resolve_precision(precision: str, device: torch.device | str = "cpu", *, warn: bool = True) -> str:
@@ -103,13 +109,14 @@ def predict_batches(model: Callable, images: torch.Tensor, *, batch_size: int = 
     """
     is_torch = isinstance(model, torch.nn.Module)
     device = model_device(model)
-    channels_last = channels_last and is_torch
+    precision = resolve_precision(precision, device, warn=False) if is_torch else "32"
+    channels_last = channels_last and is_torch and precision == "bf16"  # as `Predictor` runs it
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     probs, heats = [], []
     for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
         x = to_input(images[start:start + batch_size].to(device), channels_last=channels_last)
-        with autocast_for(device, precision if is_torch else "32"):
+        with autocast_for(device, precision):
             logits, heatmap = model(x)
         probs.append(torch.sigmoid(logits.float()).cpu())
         if with_heatmaps:

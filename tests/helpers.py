@@ -2,7 +2,7 @@
 
 Signal tests (Ctrl-C, SIGKILL) must land their signal at a known point, whatever the CPU's
 speed: the subprocess wraps one function (`module:Class.method`); on its N-th call it touches a
-marker file and waits in `signal.pause()` until a signal arrives. The test waits for the
+marker file and waits (in short sleeps) until a signal arrives. The test waits for the
 marker, then sends its signal. No sleep decides where the signal lands.
 """
 
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 HOLD_SCRIPT = """\
-import importlib, os, runpy, signal, sys
+import importlib, os, runpy, time
 from pathlib import Path
 
 module, attr = os.environ["CRACKLOC_HOLD_AT"].split(":")
@@ -32,13 +32,12 @@ def held(*args, **kwargs):
     if calls[0] == call and os.environ.get("LOCAL_RANK", "0") == "0":  # DDP: rank 0 holds, the others wait on it
         marker.touch()
         while True:
-            signal.pause()  # SIGINT raises KeyboardInterrupt here; SIGKILL ends the process
+            time.sleep(0.05)  # SIGINT raises KeyboardInterrupt here; SIGKILL ends the process
     return original(*args, **kwargs)
 
 
 setattr(owner, name, held)
-sys.argv[0] = "crackloc"
-runpy.run_module("crackloc.cli", run_name="__main__")
+runpy.run_module("crackloc.cli", run_name="__main__")  # sys.argv[0] stays this file: DDP's launcher re-runs it
 """
 
 
@@ -47,7 +46,8 @@ def start_held(argv: list[str], *, at: str, call: int, marker: Path, env: dict |
     """Start `crackloc ARGV` in a subprocess that holds at the `call`-th call of `at` (`module:Qual.name`)."""
     env = {**os.environ, **(env or {}), "CRACKLOC_HOLD_AT": at, "CRACKLOC_HOLD_CALL": str(call),
            "CRACKLOC_HOLD_MARKER": str(marker)}
-    script = marker.with_name(marker.name + "_cli.py")  # a file, so Lightning's DDP launcher can re-run it
+    # a file named crackloc*, so `crackloc train` knows itself and Lightning's DDP launcher re-runs it
+    script = marker.with_name(f"crackloc_hold_{marker.name}.py")
     script.write_text(HOLD_SCRIPT)
     return subprocess.Popen([sys.executable, str(script), *map(str, argv)], env=env, **popen)
 

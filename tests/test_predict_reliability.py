@@ -166,9 +166,13 @@ def test_sigint_keeps_finished_images_and_resume_finishes(photos, model_file, tm
     argv = ["predict", str(photos), "--out", str(out), "--checkpoint", str(model_file), "--tile", "64"]
     proc = start_held(argv, at="crackloc.inference.predictor:Predictor.predict", call=4, marker=marker,
                       env={"OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_held(proc, marker)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        wait_held(proc, marker)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     assert proc.returncode == 130, err
     said = [m for m in map(INTERRUPTED.match, err.splitlines()) if m]
     assert len(said) == 1 and "Traceback" not in err, err

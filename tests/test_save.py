@@ -62,6 +62,15 @@ def test_resume_keeps_records_that_have_what_is_asked_and_redoes_the_others(phot
     assert kept == full
 
 
+def test_resume_never_keeps_a_record_whose_pngs_are_gone(photos, model_file, tmp_path):
+    out = tmp_path / "o"
+    first = _predict(photos, out, model_file)
+    (out / first[0]["overlay_png"]).unlink()  # a PNG this record names, though --save record asks for none
+    again = _predict(photos, out, model_file, "--save", "record", "--resume")
+    assert [r["path"] for r in again] == [r["path"] for r in first]
+    assert "overlay_png" not in again[0] and all("overlay_png" in r for r in again[1:])  # redone / kept
+
+
 def test_an_unknown_choice_is_refused_in_one_line(photos, model_file, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["predict", str(photos), "--out", str(tmp_path / "x"), "--save", "pngs"])

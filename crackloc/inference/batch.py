@@ -386,8 +386,9 @@ def _resume_state(out: Path, plan: dict[Path | str, str], *, resume: bool, log: 
         wanted = {str(p): png_names(stem, kinds) for p, stem in plan.items()}
         for rec in earlier:
             names = wanted.get(rec["path"]) if isinstance(rec.get("path"), str) else None
-            if names is not None and rec["path"] not in kept and all(
-                    rec.get(k) == v and (out / v).is_file() for k, v in names.items()):
+            named = [v for k, v in rec.items() if k.endswith("_png") and isinstance(v, str)]
+            if names is not None and rec["path"] not in kept and all(rec.get(k) == v for k, v in names.items()) \
+                    and all((out / v).is_file() for v in named):  # every PNG it names, asked for or not
                 kept[rec["path"]] = rec
         log(f"resuming: {len(kept)} of {len(plan)} image(s) already done in {out}")
     elif earlier:
