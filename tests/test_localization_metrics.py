@@ -193,3 +193,9 @@ def test_evaluate_localization_writes_report(tmp_path) -> None:
     assert [f["path"].endswith("bad.jpg") for f in m["failed"]] == [True]
     assert 0.5 < m["pxap"] <= 1.0 and 0.0 < m["f1"] <= 1.0 and 0.0 < m["iou"] <= 1.0
     assert (out / "pr_curve.png").stat().st_size > 0 and (out / "overlays.png").stat().st_size > 0
+    # pixel-exact ODS/OIS beside the 2 px ones: never above them, and equal to them when scored with no tolerance
+    assert 0.0 < m["ods_f1_0px"] <= m["ods_f1"] and 0.0 < m["ois_f1_0px"] <= m["ois_f1"]
+    exact = evaluate_localization(pred, root, tmp_path / "exact", dev_fraction=0.3, tolerance=0, progress=False,
+                                  n_overlays=0)
+    assert (exact["ods_f1_0px"], exact["ois_f1_0px"]) == (exact["ods_f1"], exact["ois_f1"]) == \
+        (m["ods_f1_0px"], m["ois_f1_0px"])
