@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -78,7 +79,8 @@ def experiment(tmp_path_factory):
     spec = ExperimentSpec(out=root / "EXP", preset="tiny", methods=["crackloc", "psol"], seeds=[0, 1],
                           data=str(root / "data"), overrides=TINY)
     run_experiment(spec, progress=False, log=lambda s: None)
-    return spec
+    yield spec
+    shutil.rmtree(root, ignore_errors=True)  # 1.3 GB of checkpoints: gone when the module is done
 
 
 def test_runner_shares_the_split_and_teacher_and_resumes(experiment):
