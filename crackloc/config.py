@@ -102,6 +102,10 @@ class TrainConfig:
     # stage 2: half the batches are shrunk by a random factor in [zoom_out, 1] and mirrored back to
     # the patch size, so the decoder also sees cracks thinner than the training set's (1.0: off)
     zoom_out: float = 1.0
+    # stage 2: share of batches where each patch becomes a k×k mosaic of shrunk patches (k drawn
+    # from 2..mosaic_max_grid), so 10–30 px training cracks are also seen 2.5–15 px wide; 0: off
+    mosaic: float = 0.0
+    mosaic_max_grid: int = 4
     # stage 2: share of crack-free patches that get a straight light/dark step (a hard negative:
     # joints, shadow edges, seams are edges, not cracks); 0: off
     step_negatives: float = 0.0
@@ -179,7 +183,7 @@ RANGES: dict[str, tuple[float, float]] = {
     # command-line options that are not config fields (same checks, `crackloc.cli.registry.checked`)
     "loc_scale": (0.01, 64), "max_distance": (0, 16), "mm_per_px": (1e-6, 1e4), "max_pixels": (1, 10**10),
     "dev_fraction": (0.01, 0.99), "tolerance": (0, 32), "max_images": (2, 10**7), "opset": (1, 100),
-    "images": (1, 64), "crack_width": (0.5, 200), "zoom_out": (0.5, 1), "step_negatives": (0, 1), "confusers": (0, 1),
+    "images": (1, 64), "crack_width": (0.5, 200), "zoom_out": (0.5, 1), "mosaic": (0, 1), "mosaic_max_grid": (2, 8), "step_negatives": (0, 1), "confusers": (0, 1),
     "workers": (1, 100_000), "cpus_per_worker": (0.01, 1024), "gpus_per_worker": (0, 64),
 }
 UNITS: dict[str, str] = {"tile": "px", "scale": "x", "scale_spread": "x", "loc_scale": "x", "overlap": "of a window",

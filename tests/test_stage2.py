@@ -183,6 +183,34 @@ def test_zoom_out_keeps_labels_on_the_thinner_crack():
     assert torch.equal(same_img, images) and torch.equal(same_lab, labels.float())
 
 
+def test_mosaic_shrinks_cracks_keeps_their_labels_and_the_class_of_each_patch():
+    """A k×k mosaic: crack patches keep a crack (1/k as wide, labelled), crack-free ones get none."""
+    from crackloc.data.dataset import PIXEL_IGNORE, mosaic
+
+    images = torch.full((6, 3, 224, 224), 200, dtype=torch.uint8)
+    pixels = torch.zeros(6, 1, 224, 224, dtype=torch.uint8)
+    labels = torch.tensor([1.0, 0, 1, 0, 0, 0])
+    for b in (0, 2):
+        images[b, :, :, 96:120] = 40  # a 24 px vertical crack
+        pixels[b, :, :, 96:120] = 1
+    for grid in (2, 3, 4):
+        torch.manual_seed(grid)
+        img, lab = mosaic(images, labels, pixels, grid=grid)
+        assert img.shape == images.shape and img.dtype == torch.uint8 and lab.shape == pixels.shape
+        assert set(lab.unique().tolist()) <= {0.0, 1.0, float(PIXEL_IGNORE)}
+        dark, crack = img[:, 0] < 120, lab[:, 0] == 1  # [6,224,224]
+        for b in range(6):
+            if labels[b] == 0:  # only crack-free cells: nothing dark, nothing labelled
+                assert not dark[b].any() and (lab[b] == 0).all()
+                continue
+            assert not ((lab[b, 0] == 0) & dark[b]).any()  # no dark pixel is called background
+            assert (dark[b] | ~crack[b]).all()  # every crack label lies on the dark band
+            inner = crack[b, 5]  # one row: its crack runs are 24/k px wide (±1 at the border of a cell)
+            edges = torch.diff(torch.cat([torch.zeros(1), inner.float(), torch.zeros(1)])).nonzero().flatten()
+            widths = [int(e - s) for s, e in zip(edges[::2], edges[1::2], strict=True)]
+            assert widths and all(abs(w - 24 / grid) <= 1 for w in widths), (grid, widths)
+
+
 def test_step_negatives_darken_one_side_of_a_straight_edge_in_crack_free_patches_only():
     """A step is a hard negative: one side kept, the other darkened by 0.35-0.75, crack patches untouched."""
     from crackloc.data.dataset import step_negatives

@@ -86,6 +86,12 @@ def _train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--zoom-out", dest="train.zoom_out", type=checked("zoom_out", "--zoom-out"),
                    help="stage 2: shrink half the batches by a random factor in [this, 1] (mirrored back to the "
                         "patch size) so thinner cracks are seen too; 1 (default): off")
+    p.add_argument("--mosaic", dest="train.mosaic", type=checked("mosaic", "--mosaic"),
+                   help="stage 2: share of batches where each patch becomes a k x k mosaic of shrunk patches "
+                        "(k from 2 to --mosaic-max-grid), so cracks are also seen 1/k as wide; 0 (default): off")
+    p.add_argument("--mosaic-max-grid", dest="train.mosaic_max_grid",
+                   type=checked("mosaic_max_grid", "--mosaic-max-grid", int),
+                   help="largest mosaic grid (default 4: cracks down to a quarter of their width)")
     p.add_argument("--step-negatives", dest="train.step_negatives", type=checked("step_negatives", "--step-negatives"),
                    help="stage 2: share of crack-free patches darkened on one side of a random straight edge "
                         "(a joint or shadow edge is not a crack); 0 (default): off")

@@ -107,14 +107,61 @@ def zoom_out(images: torch.Tensor, labels: torch.Tensor, *, factor: float) -> tu
         return images, labels.float()
     left, top = (int(v) for v in torch.randint(0, size - n + 1, (2,)))  # where the shrunk patch sits: anywhere
     pad = (left, size - n - left, top, size - n - top)
+    img, out = _shrink(images, labels, n)
+    return F.pad(img.float(), pad, mode="reflect").to(torch.uint8), F.pad(out, pad, mode="reflect")
+
+
+def _shrink(images: torch.Tensor, labels: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 [B,3,S,S] and pixel labels [B,1,S,S] → uint8 [B,3,n,n] and float labels [B,1,n,n].
+
+    A pixel is crack where at least half of its source window was crack and none of it ignored,
+    background where all of it was background, and ignored otherwise.
+    """
     img = F.interpolate(images.float(), size=(n, n), mode="bilinear", antialias=True, align_corners=False)
-    img = F.pad(img, pad, mode="reflect").round().clamp(0, 255).to(torch.uint8)  # [B,3,S,S]
     crack = F.interpolate((labels == 1).float(), size=(n, n), mode="area")  # [B,1,n,n] share of crack
     known = F.interpolate((labels != PIXEL_IGNORE).float(), size=(n, n), mode="area")
     out = torch.full_like(crack, float(PIXEL_IGNORE))
     out[(crack == 0) & (known >= 1 - 1e-6)] = 0.0
     out[(crack >= 0.5) & (known >= 1 - 1e-6)] = 1.0
-    return img, F.pad(out, pad, mode="reflect")
+    return img.round().clamp(0, 255).to(torch.uint8), out
+
+
+def mosaic(images: torch.Tensor, labels: torch.Tensor, pixels: torch.Tensor, *,
+           grid: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each patch becomes a `grid`×`grid` mosaic of shrunk patches: cracks 1/grid as wide, in context.
+
+    Patch b keeps its image label: its own shrunk copy sits in a random cell, a crack patch's
+    other cells come from any patch of the batch, a crack-free patch's only from crack-free ones
+    (so the class balance holds and a crack-free mosaic has no crack anywhere).
+
+    Args:
+        images: uint8 [B,3,S,S]; labels: image labels [B] in {0,1}.
+        pixels: stage-2 pixel labels [B,1,S,S] in {0, 1, PIXEL_IGNORE}.
+        grid: cells per side (2: cracks half as wide; 4: a quarter).
+
+    Returns:
+        (uint8 [B,3,S,S], float [B,1,S,S]); a border left over when S is not a multiple of `grid`
+        is mirrored from the mosaic.
+    """
+    b, size = images.shape[0], images.shape[-1]
+    n = size // grid
+    small, lab = _shrink(images, pixels, n)  # [B,3,n,n], [B,1,n,n]
+    negatives = torch.nonzero(labels < 0.5).flatten()
+    src = torch.randint(0, b, (b, grid * grid))  # [B,g*g] batch index of each cell
+    if len(negatives):
+        neg_pick = negatives[torch.randint(0, len(negatives), (b, grid * grid))]
+        src = torch.where((labels < 0.5)[:, None], neg_pick, src)
+    src[torch.arange(b), torch.randint(0, grid * grid, (b,))] = torch.arange(b)  # the patch itself, somewhere
+
+    def tile(x: torch.Tensor) -> torch.Tensor:  # [B,C,n,n] → [B,C,g*n,g*n] in src's order
+        cells = x[src]  # [B,g*g,C,n,n]
+        cells = cells.view(b, grid, grid, x.shape[1], n, n).permute(0, 3, 1, 4, 2, 5)  # [B,C,g,n,g,n]
+        return cells.reshape(b, x.shape[1], grid * n, grid * n)
+
+    rest = size - grid * n
+    pad = (0, rest, 0, rest)
+    img = F.pad(tile(small).float(), pad, mode="reflect").to(torch.uint8)
+    return img, F.pad(tile(lab), pad, mode="reflect")
 
 
 def step_negatives(images: torch.Tensor, labels: torch.Tensor, *, share: float,

@@ -14,7 +14,7 @@ from torchmetrics.classification import BinaryAUROC
 
 from crackloc.config import ModelConfig, TrainConfig
 from crackloc.data.confusers import add_confusers
-from crackloc.data.dataset import augment, step_negatives, zoom_out
+from crackloc.data.dataset import augment, mosaic, step_negatives, zoom_out
 from crackloc.io import atomic_write
 from crackloc.models.fusion import align_to
 from crackloc.tensors import to_input
@@ -48,6 +48,9 @@ class LitLocalizer(L.LightningModule):
         if stage2 and self.train_cfg.zoom_out < 1 and bool(torch.rand(()) < 0.5):
             factor = self.train_cfg.zoom_out + (1 - self.train_cfg.zoom_out) * float(torch.rand(()))
             images, pseudo = zoom_out(images, pseudo, factor=factor)
+        if stage2 and self.train_cfg.mosaic > 0 and bool(torch.rand(()) < self.train_cfg.mosaic):
+            grid = int(torch.randint(2, self.train_cfg.mosaic_max_grid + 1, ()))
+            images, pseudo = mosaic(images, labels, pseudo, grid=grid)
         if stage2 and self.train_cfg.step_negatives > 0:  # crack-free patches only: their labels stay background
             images = step_negatives(images, labels, share=self.train_cfg.step_negatives)
         if stage2 and self.train_cfg.confusers > 0:  # seams, joints, stains, bug holes...: background
