@@ -83,16 +83,17 @@ def test_constant_model_stitches_to_constant_map(h: int, w: int) -> None:
     image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
     out = predict_tiled(model, image, tile=64, overlap=0.25, batch_size=4)
     assert out.heatmap.shape == (h, w)
-    assert torch.allclose(out.heatmap, torch.full((h, w), 0.7), atol=1e-5)
+    flat = h * w == 1  # one pixel, padded to a tile by replication: a flat window, gated to 0
+    assert torch.allclose(out.heatmap, torch.full((h, w), 0.0 if flat else 0.7), atol=1e-5)
     assert len(out.tile_boxes) == len(out.tile_probs) == len(tile_grid(max(h, 64), max(w, 64),
                                                                        tile=64, overlap=0.25))
     assert all(s == (min(4, s[0]), 3, 64, 64) for s in model.calls)  # batches of ≤ 4 tiles
-    assert out.probability == pytest.approx(0.5)  # sigmoid(0)
+    assert out.probability == pytest.approx(0.0 if flat else 0.5)  # sigmoid(0)
 
 
 def test_scale_halves_the_tiled_image_and_restores_size() -> None:
     model = ConstantModel(0.7)
-    image = torch.zeros(3, 200, 300, dtype=torch.uint8)
+    image = torch.randint(0, 256, (3, 200, 300), dtype=torch.uint8)  # textured: flat windows are gated
     out = predict_tiled(model, image, tile=64, overlap=0.0, scale=0.5)
     # the model sees a 100×150 image: starts y {0, 36}, x {0, 64, 86} → 6 tiles
     assert len(out.tile_probs) == 6
@@ -111,11 +112,28 @@ def test_position_equivariant_model_reproduces_its_input() -> None:
 
 def test_gate_multiplies_by_tile_probability() -> None:
     logit = 1.0  # sigmoid(1) = 0.7310586
-    image = torch.zeros(3, 90, 90, dtype=torch.uint8)
+    image = torch.randint(0, 256, (3, 90, 90), dtype=torch.uint8)
     plain = predict_tiled(ConstantModel(0.5, logit), image, tile=64)
     gated = predict_tiled(ConstantModel(0.5, logit), image, tile=64, gate=True)
     assert torch.allclose(plain.heatmap, torch.full((90, 90), 0.5), atol=1e-5)
     assert torch.allclose(gated.heatmap, torch.full((90, 90), 0.5 * 0.7310586), atol=1e-5)
+
+
+@pytest.mark.parametrize("level", [0, 10, 128, 255])
+def test_a_flat_window_has_no_crack_evidence_whatever_the_model_says(level: int) -> None:
+    """Uniform black, near-black, grey and saturated areas: probability 0 and an empty map."""
+    sure = ConstantModel(1.0, logit=20.0)  # a model that calls everything a crack
+    image = torch.full((3, 100, 300), level, dtype=torch.uint8)
+    image[:, :, 200:] = torch.randint(0, 256, (3, 100, 100), dtype=torch.uint8)  # one textured third
+    image[:, 50, 20] = level ^ 64  # a single odd pixel (64 levels off) leaves an area flat
+    out = predict_tiled(sure, image, tile=100, overlap=0.0)
+    assert out.tile_probs.tolist() == [0.0, 0.0, 1.0] and out.probability == 1.0
+    assert float(out.heatmap[:, :200].max()) == 0.0 and float(out.heatmap[:, 200:].min()) == 1.0
+    flat = predict_tiled(sure, torch.full((3, 64, 64), level, dtype=torch.uint8), tile=64)
+    assert flat.probability == 0.0 and float(flat.heatmap.max()) == 0.0
+    noisy = torch.full((3, 64, 64), level, dtype=torch.uint8)
+    noisy[:, ::2] = noisy[:, ::2] ^ 8  # grey levels spread 4/255: faint texture, not flat
+    assert predict_tiled(sure, noisy, tile=64).probability == 1.0
 
 
 def test_bf16_autocast_and_channels_last_run() -> None:

@@ -21,6 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 WEIGHT_FLOOR = 0.05  # min of the 1-D blend window; the 2-D weight is ≥ WEIGHT_FLOOR²
+# A window whose grey levels spread less than this (standard deviation, of 1) is flat: a uniform,
+# near-uniform or saturated area holds no crack evidence, whatever a model makes of it (a
+# near-black 224² image once got probability 1.0). JPEG noise on plain paint is ~1/255; concrete
+# texture 10-30/255, and a crack adds its own contrast.
+FLAT_STD = 2.0 / 255
 
 
 @dataclass
@@ -177,8 +182,9 @@ def _run_tiles(model: nn.Module, padded: torch.Tensor, corners: list[tuple[int, 
         if heat.shape != (len(chunk), 1, tile, tile):
             raise RuntimeError(f"model returned heatmap {tuple(heat.shape)} for {len(chunk)} tiles "
                                f"of {tile}x{tile}")
-        p = torch.sigmoid(logits.float().reshape(len(chunk)))  # [b]
-        heat = heat.float()[:, 0].clamp(0.0, 1.0)  # [b,t,t]
+        flat = batch.float().mean(1).flatten(1).std(1) < FLAT_STD  # [b] no evidence: probability and map 0
+        p = torch.sigmoid(logits.float().reshape(len(chunk))).masked_fill(flat, 0.0)  # [b]
+        heat = heat.float()[:, 0].clamp(0.0, 1.0).masked_fill(flat.view(-1, 1, 1), 0.0)  # [b,t,t]
         if gate:
             heat = heat * p.view(-1, 1, 1)  # [b,t,t]
         for (y, x), h in zip(chunk, heat, strict=True):
