@@ -69,6 +69,14 @@ def test_ctrl_c_during_train_exits_130_and_resume_finishes(crack_folder, tmp_pat
     assert rc == 130, stderr[-2000:]
     assert [ln for ln in stderr.splitlines() if ln.startswith(INTERRUPTED) and "--resume" in ln], stderr[-2000:]
     assert (run / "config.yaml").is_file() and not (run / "model.pt").exists()
+    saved = (run / "config.yaml").read_text()
+    assert "batch_size: 4\n" in saved
+    (run / "config.yaml").write_text(saved.replace("batch_size: 4\n", "batch_size: 8\n"))  # edited meanwhile
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--no-eval"]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("crackloc train: error:")]
+    assert len(err) == 1 and "no longer matches this checkpoint (train.batch_size: 4 there, 8 now)" in err[0], err
+    (run / "config.yaml").write_text(saved)
     assert main(["train", "--out", str(run), "--resume", "--no-eval"]) == 0
     capsys.readouterr()
     assert (run / "model.pt").is_file()

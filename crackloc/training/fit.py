@@ -37,7 +37,7 @@ from crackloc.data.dataset import DecodedSplit, PatchDataset
 from crackloc.errors import CracklocError
 from crackloc.models.registry import build_model
 from crackloc.tensors import resolve_precision
-from crackloc.training.module import EpochCSV, LitLocalizer
+from crackloc.training.module import CONFIG_KEY, EpochCSV, LitLocalizer, config_snapshot
 
 STEP_CHECKPOINT_EVERY = 50  # train steps between "last" checkpoints, so a kill loses little
 
@@ -165,15 +165,32 @@ class LitData(L.LightningDataModule):
                           num_workers=cfg.num_workers)
 
 
-def _resume_path(last: Path) -> str | None:
-    """`last` if it is a loadable (tensors-only) checkpoint, None if there is none."""
+def _resume_path(last: Path, module: LitLocalizer) -> str | None:
+    """`last` if it is a loadable (tensors-only) checkpoint made with `module`'s settings, None if there is none.
+
+    A checkpoint whose settings (or, from older versions, weights) differ from the run's config
+    (a config.yaml edited between the interruption and `--resume`) is refused with the differences.
+    """
     if not last.is_file():
         return None
     try:
-        torch.load(last, map_location="cpu", weights_only=True)
+        ckpt = torch.load(last, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated, or holds objects that could run code
         raise CracklocError(f"{last}: cannot resume from this checkpoint ({type(exc).__name__}); "
                             "delete it to restart this training stage") from None
+    saved, now = ckpt.get(CONFIG_KEY), config_snapshot(module.model_cfg, module.train_cfg)
+    if isinstance(saved, dict):
+        diff = [f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in sorted(set(saved) | set(now))
+                if saved.get(k) != now.get(k)]
+    else:  # a checkpoint of an older version: compare the weights' names and shapes
+        state, mine = ckpt.get("state_dict", {}), module.state_dict()
+        diff = [f"weight {k} {'missing' if k not in state else 'unexpected'}" for k in sorted(set(state) ^ set(mine))]
+        diff += [f"weight {k}: shape {tuple(v.shape)} there, {tuple(mine[k].shape)} now" for k, v in state.items()
+                 if k in mine and tuple(v.shape) != tuple(mine[k].shape)]
+    if diff:
+        raise CracklocError(f"{last}: the run's config.yaml no longer matches this checkpoint ({'; '.join(diff[:4])}"
+                            f"{'; …' if len(diff) > 4 else ''}): restore the config the run was started with, or "
+                            f"delete {last.parent} to restart this stage") from None
     return str(last)
 
 
@@ -225,7 +242,7 @@ def fit_model(model_cfg: ModelConfig, train_cfg: TrainConfig, train: DecodedSpli
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated",
                                 category=FutureWarning)
         fit_interruptibly(trainer, module, datamodule=LitData(train, val, pseudo, train_cfg),
-                          ckpt_path=_resume_path(last))
+                          ckpt_path=_resume_path(last, module))
     best = ckpt_dir / "best.ckpt"
     state = None
     if trainer.is_global_zero and best.is_file():

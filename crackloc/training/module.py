@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import time
 from pathlib import Path
 
@@ -19,6 +20,16 @@ from crackloc.io import atomic_write
 from crackloc.models.fusion import align_to
 from crackloc.tensors import to_input
 from crackloc.training.losses import pixel_loss
+
+CONFIG_KEY = "crackloc_config"  # the settings a Lightning checkpoint was made with (checked on --resume)
+RESUME_FREE = ("num_workers", "accelerator", "devices", "num_nodes", "strategy", "precision")  # may change
+
+
+def config_snapshot(model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict[str, object]:
+    """The settings a checkpoint must share with a run that resumes it: `model.*` and `train.*` keys."""
+    flat: dict[str, object] = {f"model.{k}": v for k, v in dataclasses.asdict(model_cfg).items()}
+    flat.update({f"train.{k}": v for k, v in dataclasses.asdict(train_cfg).items() if k not in RESUME_FREE})
+    return flat
 
 
 class LitLocalizer(L.LightningModule):
@@ -88,6 +99,9 @@ class LitLocalizer(L.LightningModule):
         for name, metric in (("val_auroc", self.val_auroc), ("val_loss", self.val_loss), ("val_acc", self.val_acc)):
             self.log(name, metric.compute(), prog_bar=name != "val_loss", sync_dist=True)
             metric.reset()
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[CONFIG_KEY] = config_snapshot(self.model_cfg, self.train_cfg)
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         opt = torch.optim.Adam(self.model.parameters(), lr=self.train_cfg.lr, weight_decay=self.train_cfg.weight_decay)
