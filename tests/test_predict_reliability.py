@@ -66,7 +66,8 @@ def _assert_complete(out: Path, expected: set[str] | None = None) -> list[dict]:
                 img.load()  # a half-written PNG would raise here
                 assert img.size == (rec["width"], rec["height"])
             pngs.add(rec[key])
-    left = {p.name for p in out.iterdir()} - {"predictions.jsonl", "failed.jsonl"}
+    left = {p.name for p in out.iterdir() if not (p.is_dir() and p.name.startswith("earlier-"))}  # set aside
+    left -= {"predictions.jsonl", "failed.jsonl", ".crackloc.lock"}
     assert left == pngs, f"stray files: {sorted(left - pngs)}"
     return records
 
@@ -234,13 +235,24 @@ def test_resume_redoes_only_images_without_a_complete_set(photos, model_file, tm
     _assert_complete(out, {str(p) for p in some})
 
 
-def test_a_fresh_run_says_it_replaces_earlier_results(photos, model_file, tmp_path, capsys):
+def test_a_fresh_run_moves_earlier_results_aside_or_replaces_them_with_overwrite(photos, model_file, tmp_path,
+                                                                                capsys):
     out = tmp_path / "out"
     assert _predict(photos / "img00.png", photos / "img01.png", "--out", out, "--checkpoint", model_file) == 0
     capsys.readouterr()
     assert _predict(photos / "img02.png", "--out", out, "--checkpoint", model_file) == 0
-    assert "replacing the 2 earlier result(s)" in capsys.readouterr().err
+    assert "moved the 2 earlier result(s)" in capsys.readouterr().err
     assert [r["path"] for r in read_records(out / "predictions.jsonl")] == [str(photos / "img02.png")]
+    (aside,) = out.glob("earlier-*")
+    assert [r["path"] for r in read_records(aside / "predictions.jsonl")] == [str(photos / f"img0{i}.png")
+                                                                               for i in (0, 1)]
+    assert {p.name for p in aside.glob("*.png")} == {f"img0{i}_{k}.png" for i in (0, 1)
+                                                      for k in ("heatmap", "overlay", "color")}
+    assert not list(out.glob("img00_*.png"))  # moved, not copied
+    assert _predict(photos / "img03.png", "--out", out, "--checkpoint", model_file, "--overwrite") == 0
+    assert "replacing the 1 earlier result(s)" in capsys.readouterr().err
+    assert len(list(out.glob("earlier-*"))) == 1
+    assert [r["path"] for r in read_records(out / "predictions.jsonl")] == [str(photos / "img03.png")]
 
 
 def test_record_writer_appends_durable_lines_and_reader_skips_a_torn_one(tmp_path, monkeypatch):

@@ -129,7 +129,8 @@ def test_ray_equals_local_and_reports_the_bad_file(ray_out, photos, model_file, 
         geo = rec["geometry"]
         assert (row["n_cracks"], row["total_length_px"], row["max_width_px"]) == \
             (geo["count"], geo["total_length_px"], geo["max_width_px"])
-    left = {p.name for p in ray_out.iterdir()} - {"predictions.jsonl", "failed.jsonl", "summary.parquet"}
+    left = {p.name for p in ray_out.iterdir()} - {"predictions.jsonl", "failed.jsonl", "summary.parquet",
+                                                   ".crackloc.lock"}
     assert left == {rec[k] for rec in want.values() for k in ("heatmap_png", "overlay_png", "color_png")}
 
 
@@ -221,3 +222,18 @@ def test_save_mask_writes_only_the_heatmap_pngs_as_the_local_engine(local_ray, p
     for path, rec in ref.items():
         assert got[path]["heatmap_png"] == rec["heatmap_png"] and "overlay_png" not in got[path]
         assert got[path]["crack_probability"] == pytest.approx(rec["crack_probability"], abs=1e-4)
+
+
+def test_a_refused_ray_run_leaves_the_earlier_results_as_they_were(local_ray, photos, model_file, tmp_path,
+                                                                  capsys):
+    """#27: `--workers 64` on 2 CPUs is refused before anything in --out is touched."""
+    out = tmp_path / "out"
+    two = [str(photos / "img0.png"), str(photos / "img1.png")]
+    assert main(["predict", *two, "--out", str(out), "--checkpoint", str(model_file), "--tile", "64"]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert len(before) == 1 + 1 + 6  # predictions.jsonl, the lock file, 3 PNGs per image
+    capsys.readouterr()
+    assert main(["predict", *two, "--out", str(out), "--checkpoint", str(model_file), "--tile", "64",
+                 "--engine", "ray", "--workers", "64"]) == 2
+    assert "--workers 64" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

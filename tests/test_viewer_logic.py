@@ -172,7 +172,8 @@ def test_export_files_hold_predicts_line_the_mask_and_the_csv(tmp_path):
     assert len(lines) == 1
     rec = json.loads(lines[0])
     assert list(rec) == ["path", "crack_probability", "crack", "decision_threshold", "width", "height", "n_tiles",
-                         "scale", "heatmap", "precision", "line_guide", "geometry", "heatmap_png", "overlay_png",
+                         "scale", "heatmap", "precision", "line_guide", "model", "settings", "geometry", "heatmap_png",
+                         "overlay_png",
                          "color_png"]
     assert rec["heatmap"]["map_threshold"] == 0.4 and rec["path"] == "wall.jpg"
     assert rec["geometry"]["count"] == report.count >= 1
@@ -387,3 +388,39 @@ def test_thresholds_around_the_shown_one_are_measured_ahead(tmp_path, monkeypatc
     assert calls == []  # every slider position was measured ahead
     mapper.report(photo, 0.777)  # typed in the number box: off the slider's grid
     assert len(calls) == 1
+
+
+# ---- reliability round 3 (#27) -----------------------------------------------------------------
+
+def test_a_map_larger_than_max_pixels_after_scaling_is_refused_at_once(tmp_path):
+    """An API call with scale 64 on a 224² upload would build a 205 MP map: refused before decoding."""
+    import time
+
+    path = photo_file(tmp_path / "p.png", size=(224, 224))
+    mapper = fake_mapper(max_pixels=10_000_000)
+    t0 = time.perf_counter()
+    with pytest.raises(CracklocError, match=r"p.png: at scale 64 this 224x224 photo would be mapped at 206 MP, "
+                                            r"above this server's limit of 10 MP"):
+        mapper.map_photo(path, mapper.settings(scale=64))
+    assert time.perf_counter() - t0 < 1.0
+    assert mapper.map_photo(path, mapper.settings(scale=2)).heatmap.shape == (224, 224)  # 0.2 MP: fine
+
+
+def test_an_output_folder_inside_the_photo_folder_is_never_read_as_photos(tmp_path):
+    root = tmp_path / "photos"
+    root.mkdir()
+    photo_file(root / "a.jpg")
+    job = FolderJob(fake_mapper(), root, root / "sub", root=root).start()
+    assert job.wait(timeout=60) and job.error is None and len(list((root / "sub").glob("*.png"))) == 3
+    again = FolderJob(fake_mapper(), root, root / "crackloc_maps", root=root)  # the default output folder
+    assert [it.name for it in again.items] == ["a.jpg"]
+
+
+def test_a_folder_over_the_cap_says_how_many_photos_it_left_out_and_how_to_raise_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("CRACKLOC_VIEWER_MAX_PHOTOS", "2")
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        photo_file(tmp_path / name)
+    job = FolderJob(fake_mapper(), tmp_path, tmp_path / "maps", root=tmp_path)
+    assert job.total == 2 and job.left_out == 1
+    assert "1 more photo(s) left out" in job.progress_text()
+    assert "CRACKLOC_VIEWER_MAX_PHOTOS=N" in job.progress_text()

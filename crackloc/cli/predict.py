@@ -44,7 +44,12 @@ def _predict_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mm-per-px", type=float, help="image scale, to report geometry in millimetres too")
     p.add_argument("--max-pixels", type=int, help="refuse images above this many pixels (default 100 MP)")
     p.add_argument("--resume", action="store_true",
-                   help="keep the images already done in --out (record and PNGs on disk) and do the rest")
+                   help="keep the images already done in --out (record and PNGs on disk) with the same model and "
+                        "settings, and do the rest; results of inputs not given this time stay")
+    p.add_argument("--resume-mixed", action="store_true",
+                   help="resume even where the earlier results were made with another model or settings")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the earlier results in --out (default: they are moved to --out/earlier-<time>/)")
     p.add_argument("--save", choices=["all", "mask", "record"], default="all",
                    help="what each image gets besides its line of predictions.jsonl: all = heatmap, overlay and "
                         "colour PNGs (default); mask = the 8-bit heatmap PNG only (the crack mask is map >= 128); "
@@ -103,7 +108,10 @@ def _run_predict(a: argparse.Namespace) -> int:
         raise CracklocError("--max-pixels must be positive")
     inputs = _inputs(a)
     options = {"geometry": a.geometry or a.mm_per_px is not None, "mm_per_px": a.mm_per_px,
-               "max_pixels": a.max_pixels, "resume": a.resume, "save": a.save, "log": _stderr}
+               "max_pixels": a.max_pixels, "resume": a.resume, "save": a.save, "overwrite": a.overwrite,
+               "resume_mixed": a.resume_mixed, "log": _stderr}
+    if a.overwrite and (a.resume or a.resume_mixed):
+        raise CracklocError("--overwrite replaces the earlier results, --resume keeps them: give one")
     summary = None
     try:
         if a.engine == "ray":  # Ray is imported only here
@@ -165,11 +173,12 @@ def _run_demo(a: argparse.Namespace) -> int:
               f"(30 patches at 112 px, random init: a smoke test, not a benchmark) → {run}/metrics.md")
         print("2/3 mapping the sample photo with the model just trained")
         own = Predictor(run / "model.pt", InferenceConfig(tile=cfg.data.image_size))
-        predict_files(own, [photo], out / "own_model", progress=False)
+        predict_files(own, [photo], out / "own_model", overwrite=True, progress=False)
     if BUNDLED_MODEL.is_file():
         print("3/3 mapping the sample photo with the bundled model (stage 2: pixel crack masks, trained on the "
               "11,200-patch Özgenel training split; docs/model_card.md)")
-        report = predict_files(Predictor(), [photo], out / "bundled_model", geometry=True, progress=False)
+        report = predict_files(Predictor(), [photo], out / "bundled_model", geometry=True, overwrite=True,
+                               progress=False)
         rec = report.records[0]
         print(f"    crack probability {rec['crack_probability']:.3f}, {rec['geometry']['count']} cracks, "
               f"overlay: {out / 'bundled_model' / rec['overlay_png']}")

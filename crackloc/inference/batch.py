@@ -12,6 +12,7 @@ prediction, atomic PNG writes, the record commit, failed.jsonl) are public here;
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -29,6 +30,7 @@ from tqdm import tqdm
 
 from crackloc.config import InferenceConfig
 from crackloc.errors import CracklocError
+from crackloc.inference.outdir import check_resumable, output_lock, png_stems, set_aside
 from crackloc.inference.predictor import Predictor, colorize, heatmap_stats, overlay
 from crackloc.io import (
     FILE_MODE,
@@ -288,7 +290,8 @@ def _maps(predictor: Predictor, path: Path | str, image: torch.Tensor, stem: str
            "crack": pred.probability >= predictor.threshold, "decision_threshold": predictor.threshold,
            "width": int(image.shape[2]), "height": int(image.shape[1]), "n_tiles": pred.n_tiles,
            "scale": round(pred.scale, 4), "heatmap": heatmap_stats(pred.heatmap),
-           **run_settings(predictor.cfg, line_guide=bool(kinds))}
+           **run_settings(predictor.cfg, line_guide=bool(kinds)),
+           **made_by(predictor, geometry=geometry, mm_per_px=mm_per_px)}
     draw = {"overlay_png": lambda: overlay(image, pred.heatmap), "color_png": lambda: colorize(pred.heatmap),
             "heatmap_png": lambda: (pred.heatmap.numpy() * 255).round().astype("uint8")}
     names = png_names(stem, kinds)
@@ -308,6 +311,26 @@ def run_settings(cfg: InferenceConfig, *, line_guide: bool = True) -> dict:
     """What a record says of how it was made: the precision that ran (a `Predictor`'s resolved
     `cfg`), the line guide applied."""
     return {"precision": cfg.precision, "line_guide": cfg.line_guide if line_guide else 0.0}
+
+
+RESULT_SETTINGS = ("tile", "overlap", "scale", "auto_scale", "gate", "views", "scale_spread", "line_guide",
+                   "ahr_percentile", "precision", "backend")  # InferenceConfig fields that change a map
+
+
+def made_by(predictor: Predictor, *, geometry: bool, mm_per_px: float | None) -> dict:
+    """What made a record: the model file's digest and every setting that changes the result
+    (`--resume` keeps only records made alike: `crackloc.inference.outdir.check_resumable`)."""
+    return record_maker(predictor.model_id, predictor.cfg, threshold=predictor.threshold, geometry=geometry,
+                        mm_per_px=mm_per_px)
+
+
+def record_maker(model_id: str, cfg: InferenceConfig, *, threshold: float, geometry: bool,
+                 mm_per_px: float | None) -> dict:
+    """`made_by` from its parts (the viewer's records): {"model": model_id, "settings": {...}}."""
+    values = dataclasses.asdict(cfg)
+    settings = {k: values[k] for k in RESULT_SETTINGS}
+    settings.update(threshold=threshold, geometry=bool(geometry), mm_per_px=mm_per_px)
+    return {"model": model_id, "settings": settings}
 
 
 @contextmanager
@@ -377,34 +400,56 @@ def _commit(out: Path, rec: dict, pngs: dict[str, np.ndarray], writer: RecordWri
 
 
 def _resume_state(out: Path, plan: dict[Path | str, str], *, resume: bool, log: Callable[[str], None],
-                  kinds: tuple[str, ...] = PNG_KINDS) -> list[dict]:
-    """Records to keep (resume: those of planned inputs whose PNGs of `kinds` all exist); rewrites predictions.jsonl."""
+                  kinds: tuple[str, ...], made: dict | None, overwrite: bool, mixed: bool
+                  ) -> tuple[list[dict], dict[Path | str, str]]:
+    """→ (records kept, the plan with stems that do not collide with kept records); rewrites predictions.jsonl.
+
+    Without `resume` the earlier results are moved aside (`set_aside`), or replaced with
+    `overwrite`. With it, a planned input's record is kept when the PNGs of `kinds` and every PNG
+    it names are on disk, and the records of inputs not given this time stay as they are.
+    """
     path = out / "predictions.jsonl"
     earlier = read_records(path)
+    if not resume:
+        if earlier and not overwrite:
+            log(f"moved the {len(earlier)} earlier result(s) in {out} to {set_aside(out, earlier)} (--resume would "
+                "keep them and do the rest; --overwrite replaces them)")
+        elif earlier:
+            log(f"replacing the {len(earlier)} earlier result(s) in {path} (--overwrite)")
+        write_records(path, [])
+        return [], plan
+    wanted = {str(p): png_names(stem, kinds) for p, stem in plan.items()}
     kept: dict[str, dict] = {}
-    if resume:
-        wanted = {str(p): png_names(stem, kinds) for p, stem in plan.items()}
-        for rec in earlier:
-            names = wanted.get(rec["path"]) if isinstance(rec.get("path"), str) else None
-            named = [v for k, v in rec.items() if k.endswith("_png") and isinstance(v, str)]
-            if names is not None and rec["path"] not in kept and all(rec.get(k) == v for k, v in names.items()) \
-                    and all((out / v).is_file() for v in named):  # every PNG it names, asked for or not
-                kept[rec["path"]] = rec
-        log(f"resuming: {len(kept)} of {len(plan)} image(s) already done in {out}")
-    elif earlier:
-        log(f"replacing the {len(earlier)} earlier result(s) in {path} (--resume would keep them)")
-    write_records(path, list(kept.values()))
-    return list(kept.values())
+    others = [r for r in earlier if not isinstance(r.get("path"), str) or r["path"] not in wanted]
+    for rec in earlier:
+        names = wanted.get(rec["path"]) if isinstance(rec.get("path"), str) else None
+        named = [v for k, v in rec.items() if k.endswith("_png") and isinstance(v, str)]
+        if names is not None and rec["path"] not in kept and all(rec.get(k) == v for k, v in names.items()) \
+                and all((out / v).is_file() for v in named):  # every PNG it names, asked for or not
+            kept[rec["path"]] = rec
+    if made is not None:
+        check_resumable(out, list(kept.values()), made, mixed=mixed)
+    taken = png_stems(others)
+    used = taken | {stem.casefold() for stem in plan.values()}
+    plan = {p: stem if str(p) in kept or stem.casefold() not in taken else safe_stem(Path(f"{stem}.x"), used)
+            for p, stem in plan.items()}  # never over the PNGs of an input not given this time
+    log(f"resuming: {len(kept)} of {len(plan)} image(s) already done in {out}"
+        + (f"; the {len(others)} result(s) of inputs not given this time are kept" if others else ""))
+    write_records(path, others + list(kept.values()))
+    return list(kept.values()), plan
 
 
 def start_run(out: Path, plan: dict[Path | str, str], failed: list[tuple[str, str]], *, resume: bool,
-              log: Callable[[str], None], save: str = "all") -> tuple[BatchReport, list[tuple[Path | str, str]]]:
+              log: Callable[[str], None], save: str = "all", made: dict | None = None, overwrite: bool = False,
+              mixed: bool = False) -> tuple[BatchReport, list[tuple[Path | str, str]]]:
     """Apply the resume rule to `out`: → (report holding the kept records, (input, stem) still to do).
 
-    A kept record needs the PNGs that `save` asks for on disk (more are fine).
+    A kept record needs the PNGs that `save` asks for on disk (more are fine) and, unless `mixed`,
+    the same maker (`made`: `made_by`) as this run.
     """
-    kinds = save_kinds(save)
-    report = BatchReport(records=_resume_state(out, plan, resume=resume, log=log, kinds=kinds), failed=failed)
+    records, plan = _resume_state(out, plan, resume=resume, log=log, kinds=save_kinds(save), made=made,
+                                  overwrite=overwrite, mixed=mixed)
+    report = BatchReport(records=records, failed=failed)
     report.resumed = len(report.records)
     done = {r["path"] for r in report.records}
     return report, [(p, stem) for p, stem in plan.items() if str(p) not in done]
@@ -448,14 +493,16 @@ def _predict_all(predictor: Predictor, todo: list[tuple[Path, str]], out: Path, 
 
 def predict_files(predictor: Predictor, inputs: list[str | Path], out: str | Path, *, geometry: bool = False,
                   mm_per_px: float | None = None, max_pixels: int | None = None, resume: bool = False,
-                  save: str = "all", progress: bool = True, log: Callable[[str], None] | None = None
-                  ) -> BatchReport:
+                  save: str = "all", overwrite: bool = False, resume_mixed: bool = False, progress: bool = True,
+                  log: Callable[[str], None] | None = None) -> BatchReport:
     """Write each image's `<stem>_{heatmap,overlay,color}.png` and its line of `predictions.jsonl` into `out`.
 
     `save` 'mask' writes only `<stem>_heatmap.png`, 'record' no PNG (`SAVE_KINDS`).
 
-    Bad inputs are skipped and listed in `failed.jsonl` (path, reason). Without `resume`,
-    `predictions.jsonl` starts empty; with it, images already done are kept and skipped.
+    Bad inputs are skipped and listed in `failed.jsonl` (path, reason). Without `resume`, the
+    earlier results move to `out/earlier-<time>/` (`overwrite`: replaced); with it, images already
+    done with the same model and settings are kept and skipped (`resume_mixed`: whatever made them),
+    and records of other inputs stay. One run at a time writes to `out` (`output_lock`).
     Outputs are named up front (sorted inputs), so a rerun gives each image the same names.
 
     Raises:
@@ -465,17 +512,29 @@ def predict_files(predictor: Predictor, inputs: list[str | Path], out: str | Pat
     out, log = Path(out), log or (lambda message: None)
     save_kinds(save)  # an unknown choice is refused before anything is touched
     out.mkdir(parents=True, exist_ok=True)
+    with output_lock(out):
+        return _predict_locked(predictor, inputs, out, geometry=geometry, mm_per_px=mm_per_px, max_pixels=max_pixels,
+                               resume=resume or resume_mixed, save=save, overwrite=overwrite, mixed=resume_mixed,
+                               progress=progress, log=log)
+
+
+def _predict_locked(predictor: Predictor, inputs: list[str | Path], out: Path, *, geometry: bool,
+                    mm_per_px: float | None, max_pixels: int | None, resume: bool, save: str, overwrite: bool,
+                    mixed: bool, progress: bool, log: Callable[[str], None]) -> BatchReport:
+    """`predict_files` once `out` is locked."""
     files, failed = expand_inputs(inputs, exclude=out)
-    plan = plan_outputs(files)
-    report, todo = start_run(out, plan, failed, resume=resume, log=log, save=save)
+    made = made_by(predictor, geometry=geometry, mm_per_px=mm_per_px)
+    report, todo = start_run(out, plan_outputs(files), failed, resume=resume, log=log, save=save, made=made,
+                             overwrite=overwrite, mixed=mixed)
+    total = report.resumed + len(todo)
     load_kwargs = {"max_pixels": max_pixels} if max_pixels else {}
     try:
-        _predict_all(predictor, todo, out, report, total=len(plan), progress=progress, geometry=geometry,
+        _predict_all(predictor, todo, out, report, total=total, progress=progress, geometry=geometry,
                      mm_per_px=mm_per_px, load_kwargs=load_kwargs, save=save)
     except KeyboardInterrupt:
         with suppress(OSError):
             save_failed(out, report.failed)
-        raise BatchInterrupted(len(report.records), len(plan)) from None
+        raise BatchInterrupted(len(report.records), total) from None
     except CracklocError:
         with suppress(OSError):
             save_failed(out, report.failed)

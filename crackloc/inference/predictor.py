@@ -143,6 +143,17 @@ class Predictor:
         path = cached_onnx(model, self.checkpoint, image_size=cfg.tile, settings=settings, cache=cache_dir)
         return OnnxPredictor(path)
 
+    @property
+    def model_id(self) -> str:
+        """Names the model in records: the first 16 hex digits of the model file's sha256."""
+        if not hasattr(self, "_model_id"):
+            from crackloc.io import file_digest
+
+            on_disk = self.checkpoint.is_file()
+            self._model_id = file_digest(self.checkpoint, what="model file")[:16] if on_disk \
+                else f"in-memory:{self.checkpoint}"
+        return self._model_id
+
     @torch.inference_mode()
     def predict(self, image: torch.Tensor, *, line_guide: bool = True) -> Prediction:
         """uint8 [3,H,W] → Prediction (heatmap [H,W], probability = max over windows).

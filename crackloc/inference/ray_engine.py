@@ -44,6 +44,7 @@ from crackloc.inference.batch import (
     RecordWriter,
     commit_record,
     expand_inputs,
+    made_by,
     plan_outputs,
     png_names,
     predict_one,
@@ -53,6 +54,7 @@ from crackloc.inference.batch import (
     write_error,
     write_pngs,
 )
+from crackloc.inference.outdir import output_lock
 from crackloc.io import IMAGE_EXTENSIONS, atomic_write, failure_reason
 
 RAY_REQUIREMENT = "ray[data]>=2.10"  # from_items(override_num_blocks=…)
@@ -319,7 +321,7 @@ def _resources(ray, workers: int, cpus: float | None, gpus: float | None, *, loc
 def predict_files_ray(checkpoint: str | Path | None, cfg: InferenceConfig, inputs: list[str | Path],
                       out: str | Path, *, geometry: bool = False, mm_per_px: float | None = None,
                       max_pixels: int | None = None, resume: bool = False, save: str = "all",
-                      workers: int | None = None,
+                      overwrite: bool = False, resume_mixed: bool = False, workers: int | None = None,
                       address: str | None = None, cpus_per_worker: float | None = None,
                       gpus_per_worker: float | None = None, threshold: float | None = None,
                       cache_dir: str | Path | None = None, progress: bool = True,
@@ -355,35 +357,49 @@ def predict_files_ray(checkpoint: str | Path | None, cfg: InferenceConfig, input
     checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()
     probe = Predictor(checkpoint, dataclasses.replace(cfg, backend="torch", compile=False, device="cpu"),
                       threshold=threshold)  # a bad model file fails here, in one line, before Ray starts
-    threshold = probe.threshold
+    threshold, made = probe.threshold, made_by(probe, geometry=geometry, mm_per_px=mm_per_px)
     del probe
     out.mkdir(parents=True, exist_ok=True)
-    plan, failed = plan_inputs(inputs, out)
-    report, todo = start_run(out, plan, failed, resume=resume, log=log, save=save)
-    started, completed = False, False
+    with output_lock(out):
+        plan, failed = plan_inputs(inputs, out)
+        started = False
+        try:
+            if plan:  # the cluster and its resources are checked before anything in `out` is touched
+                started = _start_ray(ray, address, log)
+                workers, cpus, gpus = _pool(ray, workers, cpus_per_worker, gpus_per_worker, local=address is None)
+            report, todo = start_run(out, plan, failed, resume=resume or resume_mixed, log=log, save=save,
+                                     made=made, overwrite=overwrite, mixed=resume_mixed)
+            _run(ray, checkpoint, cfg, todo, out, report, geometry=geometry, mm_per_px=mm_per_px,
+                 max_pixels=max_pixels, save=save, pool=(workers, cpus, gpus) if plan else None,
+                 threshold=threshold, cache_dir=cache_dir, progress=progress, log=log)
+        finally:
+            if started:
+                with suppress(Exception):
+                    ray.shutdown()
+    return report
+
+
+def _run(ray, checkpoint: Path, cfg: InferenceConfig, todo: list[tuple[Path | str, str]], out: Path,
+         report: BatchReport, *, geometry: bool, pool: tuple | None, **options) -> None:
+    """Run `todo` on the pool, then write failed.jsonl and the summary; a stopped run keeps what is done."""
+    total, completed = report.resumed + len(todo), False
     try:
         if todo:
-            started = _start_ray(ray, address, log)
-            _run_pipeline(ray, checkpoint, cfg, todo, out, report, total=len(plan), geometry=geometry,
-                          mm_per_px=mm_per_px, max_pixels=max_pixels, save=save, workers=workers, address=address,
-                          cpus=cpus_per_worker, gpus=gpus_per_worker, threshold=threshold,
-                          cache_dir=cache_dir, progress=progress, log=log)
+            _run_pipeline(ray, checkpoint, cfg, todo, out, report, total=total, geometry=geometry, pool=pool,
+                          **options)
         completed = True
     except KeyboardInterrupt:
         _finish(out, report, geometry)
-        raise BatchInterrupted(len(report.records), len(plan)) from None
+        raise BatchInterrupted(len(report.records), total) from None
     except BaseException:
         _finish(out, report, geometry)
         raise
     finally:
-        if started:
-            with suppress(Exception):
-                ray.shutdown()
-        if started or completed:  # no worker writes any more: clear what stopped ones left
+        if todo:  # no worker writes any more: clear what stopped ones left
             _drop_unrecorded(out, todo, report)
-    save_failed(out, report.failed)
-    write_summary(out, report, geometry=geometry)
-    return report
+    if completed:
+        save_failed(out, report.failed)
+        write_summary(out, report, geometry=geometry)
 
 
 def _drop_unrecorded(out: Path, todo: list[tuple[Path | str, str]], report: BatchReport) -> None:
@@ -412,17 +428,23 @@ def _finish(out: Path, report: BatchReport, geometry: bool) -> None:
         write_summary(out, report, geometry=geometry)
 
 
+def _pool(ray, workers: int | None, cpus: float | None, gpus: float | None, *, local: bool
+          ) -> tuple[int, float, float]:
+    """The actor pool's (workers, CPUs and GPUs per worker), checked against the cluster's resources."""
+    if workers is None:
+        workers = max(1, int(ray.cluster_resources().get("GPU", 0))) if gpus is None or gpus else 1
+    cpus, gpus = _resources(ray, workers, cpus, gpus, local=local)
+    return workers, cpus, gpus
+
+
 def _run_pipeline(ray, checkpoint: Path, cfg: InferenceConfig, todo: list[tuple[Path | str, str]], out: Path,
                   report: BatchReport, *, total: int, geometry: bool, mm_per_px: float | None,
-                  max_pixels: int | None, save: str, workers: int | None, address: str | None, cpus: float | None,
-                  gpus: float | None, threshold: float, cache_dir: str | Path | None, progress: bool,
-                  log: Callable[[str], None]) -> None:
+                  max_pixels: int | None, save: str, pool: tuple[int, float, float], threshold: float,
+                  cache_dir: str | Path | None, progress: bool, log: Callable[[str], None]) -> None:
     """Stream `todo` through the actor pool and commit each record as it arrives."""
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
-    if workers is None:
-        workers = max(1, int(ray.cluster_resources().get("GPU", 0))) if gpus is None or gpus else 1
-    cpus, gpus = _resources(ray, workers, cpus, gpus, local=address is None)
+    workers, cpus, gpus = pool
     spec = WorkerSpec(model_path=str(checkpoint),
                       cfg=dataclasses.replace(cfg, device="cuda") if gpus else cfg, threshold=threshold,
                       out=str(out.resolve()), geometry=geometry, mm_per_px=mm_per_px,

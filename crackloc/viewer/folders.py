@@ -8,6 +8,7 @@ background thread, appending in `predict`'s format.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -58,22 +59,28 @@ def resolve_inside(text: str | Path, root: str | Path) -> Path:
     return real
 
 
+def max_folder_photos() -> int:
+    """The most photos one folder job maps (`CRACKLOC_VIEWER_MAX_PHOTOS`, default `MAX_FOLDER_PHOTOS`)."""
+    text = os.environ.get("CRACKLOC_VIEWER_MAX_PHOTOS", "")
+    return int(text) if text.isdigit() and int(text) > 0 else MAX_FOLDER_PHOTOS
+
+
 def folder_photos(folder: str | Path, *, root: str | Path, exclude: str | Path | None = None) -> list[Path]:
-    """Image files under `folder` (recursively, sorted, resolved), inside `root` and outside `exclude`."""
+    """Image files under `folder` (recursively, sorted, resolved), inside `root`, outside `exclude`
+    and outside every crackloc output folder (one that holds a predictions.jsonl): maps are never photos."""
     folder, root = Path(folder), Path(root).resolve()
     if not folder.is_dir():
         raise CracklocError(f"{folder}: no such folder")
-    skip = Path(exclude).resolve() if exclude is not None else None
+    skip = [Path(exclude).resolve()] if exclude is not None else []
+    skip += [p.parent.resolve() for p in folder.rglob("predictions.jsonl") if p.is_file()]
     found = []
     for p in sorted(folder.rglob("*")):
         if p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():
             continue
         real = p.resolve()
-        if not real.is_relative_to(root) or (skip is not None and real.is_relative_to(skip)):
+        if not real.is_relative_to(root) or any(real.is_relative_to(s) for s in skip):
             continue
         found.append(real)
-        if len(found) >= MAX_FOLDER_PHOTOS:
-            break
     return found
 
 
@@ -153,6 +160,8 @@ class FolderJob:
         photos = folder_photos(self.folder, root=root, exclude=self.out)
         if not photos:
             raise CracklocError(f"{self.folder}: no photos (jpg, png, bmp, tif) in this folder")
+        cap = max_folder_photos()
+        self.left_out, photos = max(len(photos) - cap, 0), photos[:cap]
         found = existing_results(self.out, photos, self.folder)
         self.items = [FolderItem(p, _relative(p, self.folder), record=found.get(p), reused=p in found)
                       for p in photos]
@@ -236,6 +245,9 @@ class FolderJob:
         mapped = self.done - reused - failed
         text = (f"{self.done} of {self.total} photos done ({reused} reused from {self.out.name}/predictions.jsonl, "
                 f"{mapped} mapped now, {failed} failed)")
+        if self.left_out:
+            text += (f" · {self.left_out} more photo(s) left out: a folder job maps at most {self.total}; open a "
+                     "subfolder, or raise the cap with CRACKLOC_VIEWER_MAX_PHOTOS=N crackloc serve …")
         if self.error:
             text += f" · stopped: {self.error}"
         elif self.running:

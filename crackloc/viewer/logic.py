@@ -26,6 +26,7 @@ from crackloc.config import InferenceConfig, check_value
 from crackloc.errors import CracklocError
 from crackloc.inference.batch import (
     png_names,
+    record_maker,
     run_settings,
     safe_stem,
 )
@@ -189,6 +190,7 @@ class MappedPhoto:
     grayscale: bool = False
     scale: float = 1.0  # the resize factor the model saw (cfg.scale, or chosen per photo with auto_scale)
     cached: bool = False  # True when served from the cache (no model run)
+    model_id: str = ""  # the Predictor's `model_id` (records name the model that made them)
     _preview: list = field(default_factory=list, repr=False)  # shared by copies of a cached photo
 
     @property
@@ -328,7 +330,9 @@ def predict_record(path: str, photo: MappedPhoto, stem: str, report: CrackReport
         "path": path, "crack_probability": round(photo.probability, 5), "crack": photo.crack,
         "decision_threshold": photo.decision_threshold, "width": photo.width, "height": photo.height,
         "n_tiles": photo.n_tiles, "scale": round(photo.scale, 4), "heatmap": heatmap_stats(photo.heatmap, threshold=map_threshold),
-        **run_settings(photo.cfg)}
+        **run_settings(photo.cfg),
+        **record_maker(photo.model_id, photo.cfg, threshold=photo.decision_threshold, geometry=report is not None,
+                       mm_per_px=report.mm_per_px if report is not None else None)}
     if report is not None:
         rec["geometry"] = report.to_dict()
     rec.update(png_names(stem))

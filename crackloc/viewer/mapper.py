@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -21,6 +22,8 @@ from typing import Any
 
 from crackloc.config import InferenceConfig, from_dict
 from crackloc.errors import CracklocError
+from crackloc.inference.autoscale import MAX_PIXELS as AUTO_MAX_PIXELS
+from crackloc.inference.autoscale import MAX_SCALE
 from crackloc.inference.geometry import CrackReport
 from crackloc.inference.predictor import (
     Predictor,
@@ -45,6 +48,15 @@ GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})  # 
 
 
 # ---- mapping photos, with a cache ------------------------------------------------------------
+
+
+def _header(path: Path, max_pixels: int) -> tuple[bool, int, int] | None:
+    """(grayscale, width, height) from an image file's header; None when it cannot be read."""
+    try:
+        with open_image(path, max_pixels=max_pixels) as img:
+            return img.mode in GRAY_MODES, img.size[0], img.size[1]
+    except (CracklocError, OSError, ValueError, SyntaxError):
+        return None
 
 
 def settings_key(photo_digest: str, model_id: str, cfg: InferenceConfig) -> str:
@@ -140,6 +152,16 @@ class PhotoMapper:
         values = {**dataclasses.asdict(self.base_cfg), **{k: v for k, v in overrides.items() if v is not None}}
         return from_dict(InferenceConfig, values)
 
+    def check_size(self, height: int, width: int, cfg: InferenceConfig, *, name: str) -> None:
+        """Refuse a map larger than `max_pixels` after scaling (with `auto_scale`: at its largest scale)."""
+        scale = min(MAX_SCALE, math.sqrt(AUTO_MAX_PIXELS / (height * width))) if cfg.auto_scale else cfg.scale
+        spread = cfg.scale_spread  # the largest of the averaged scales
+        pixels = height * width * (scale * spread) ** 2
+        if pixels > self.max_pixels:
+            raise CracklocError(f"at scale {scale * spread:g} this {width}x{height} photo would be mapped at "
+                                f"{pixels / 1e6:.0f} MP, above this server's limit of {self.max_pixels / 1e6:g} MP "
+                                "(serve --max-pixels): use a smaller scale")
+
     def predictor(self, cfg: InferenceConfig) -> Predictor:
         key = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
         with self._build_lock:
@@ -179,9 +201,11 @@ class PhotoMapper:
         if hit is not None:
             return dataclasses.replace(hit, name=name, cached=True)
         try:
-            rgb = load_rgb(path, max_pixels=self.max_pixels)
-            with open_image(path, max_pixels=self.max_pixels) as img:
-                grayscale = img.mode in GRAY_MODES
+            header = _header(path, self.max_pixels)  # the limits are checked before decoding
+            if header is not None:
+                self.check_size(header[2], header[1], cfg, name=name)
+            rgb = load_rgb(path, max_pixels=self.max_pixels)  # any problem of the file is named here
+            grayscale = header is not None and header[0]
         except CracklocError as exc:
             raise CracklocError(f"{name}: {failure_reason(exc, path)}") from None
         image = rgb_to_tensor(rgb)  # [3,H,W] uint8
@@ -201,7 +225,7 @@ class PhotoMapper:
         photo = MappedPhoto(key=key, name=name, image=image, heatmap=pred.heatmap.float(),
                             probability=pred.probability, decision_threshold=predictor.threshold,
                             n_tiles=pred.n_tiles, cfg=predictor.cfg, seconds=seconds, grayscale=grayscale,
-                            scale=pred.scale)
+                            scale=pred.scale, model_id=predictor.model_id)
         if keep:
             self._photos.put(key, photo)
         return photo
