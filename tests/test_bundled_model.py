@@ -70,3 +70,17 @@ def test_known_widths_end_to_end(tmp_path):
         assert r["mean_width_px"] is not None, rows
         assert abs(r["mean_width_px"] - r["drawn_px"]) <= 1.0, rows
         assert abs(r["length_px"] - r["drawn_length_px"]) <= 0.05 * r["drawn_length_px"], rows
+
+
+@pytest.mark.parametrize("kind", ["black", "near-black", "grey", "white", "gaussian noise"])
+def test_a_flat_or_noisy_image_is_not_a_crack(predictor, kind):
+    """#27: RGB (10,10,10) at 224² once got probability 1.0. Flat windows are gated to 0; the
+    bundled model itself calls Gaussian noise (sd 20) crack-free."""
+    level = {"black": 0, "near-black": 10, "grey": 128, "white": 255}.get(kind)
+    if level is None:
+        gen = torch.Generator().manual_seed(0)
+        image = (128 + 20 * torch.randn(3, 224, 224, generator=gen)).clamp(0, 255).to(torch.uint8)
+    else:
+        image = torch.full((3, 224, 224), level, dtype=torch.uint8)
+    pred = predictor.predict(image)
+    assert pred.probability < min(0.01, predictor.threshold) and float(pred.heatmap.max()) < 0.05
