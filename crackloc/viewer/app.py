@@ -12,11 +12,14 @@ import concurrent.futures
 import dataclasses
 import hashlib
 import logging
+import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -365,8 +368,20 @@ class Viewer:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+def _stopper(viewer: Viewer) -> Callable[[int, Any], None]:
+    """A SIGTERM/SIGINT handler that stops the server at once, even while a map runs.
+
+    Waiting for the mapping threads (and Gradio's graceful shutdown) kept `serve` alive for
+    minutes, and a second Ctrl-C then aborted in C++. Finished outputs are already on disk
+    (each written atomically), so the handler removes the viewer's temp files and exits.
+    """
+    def stop(signum: int, frame: Any) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        shutil.rmtree(viewer.tmp, ignore_errors=True)
+        print(f"crackloc serve: stopped ({signal.Signals(signum).name})", file=sys.stderr, flush=True)
+        os._exit(0)
+    return stop
 
 
 def theme() -> gr.themes.Base:
@@ -381,8 +396,9 @@ def serve(mapper: PhotoMapper, *, host: str = "127.0.0.1", port: int = 7860, fol
     viewer = Viewer(mapper, folder=folder, out=out, max_upload_mb=max_upload_mb)
     demo = viewer.build()
     demo.queue(max_size=64)
-    if threading.current_thread() is threading.main_thread():  # `kill` stops it as Ctrl-C does: temp files go
-        signal.signal(signal.SIGTERM, _interrupt)
+    if threading.current_thread() is threading.main_thread():  # `kill` and Ctrl-C: temp files go, within 1 s
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _stopper(viewer))
     try:
         demo.launch(server_name=host, server_port=port, share=False, inbrowser=False, show_error=False,
                     allowed_paths=[], max_file_size=f"{max_upload_mb}mb", ssr_mode=False, mcp_server=False,
