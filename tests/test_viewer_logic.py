@@ -6,6 +6,7 @@ loads a real model, and every test runs in well under a second.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
@@ -171,10 +172,9 @@ def test_export_files_hold_predicts_line_the_mask_and_the_csv(tmp_path):
     lines = (tmp_path / "export" / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == 1
     rec = json.loads(lines[0])
-    assert list(rec) == ["path", "crack_probability", "crack", "decision_threshold", "width", "height", "n_tiles",
+    assert list(rec) == ["path", "sha256", "crack_probability", "crack", "decision_threshold", "width", "height", "n_tiles",
                          "scale", "heatmap", "precision", "line_guide", "model", "settings", "geometry", "heatmap_png",
-                         "overlay_png",
-                         "color_png"]
+                         "overlay_png", "color_png"]
     assert rec["heatmap"]["map_threshold"] == 0.4 and rec["path"] == "wall.jpg"
     assert rec["geometry"]["count"] == report.count >= 1
     assert read_crack_csv((tmp_path / "export" / "wall_cracks.csv").read_text()) == rec["geometry"]["cracks"]
@@ -303,8 +303,11 @@ def test_predicts_outputs_are_found_for_relative_and_absolute_paths(tmp_path):
         for kind in ("heatmap", "overlay", "color"):
             (maps / f"{stem}_{kind}.png").write_bytes(b"png")
 
+    digest = hashlib.sha256(a.read_bytes()).hexdigest()  # a, b and c hold the same photo
+
     def rec(path, stem, **extra):
-        return {"path": path, "crack_probability": 0.9, "crack": True, "heatmap_png": f"{stem}_heatmap.png",
+        return {"path": path, "sha256": digest, "crack_probability": 0.9, "crack": True,
+                "heatmap_png": f"{stem}_heatmap.png",
                 "overlay_png": f"{stem}_overlay.png", "color_png": f"{stem}_color.png", **extra}
 
     lines = [rec("elsewhere/photos/a.jpg", "a"),  # `crackloc predict photos/ --out maps/` run from elsewhere
@@ -327,7 +330,8 @@ def test_folder_job_reuses_records_maps_the_rest_and_appends(tmp_path):
     out.mkdir()
     for kind in ("heatmap", "overlay", "color"):
         Image.new("RGB", (8, 8)).save(out / f"done_{kind}.png")
-    earlier = {"path": str(done), "crack_probability": 0.25, "crack": False, "heatmap_png": "done_heatmap.png",
+    earlier = {"path": str(done), "sha256": hashlib.sha256(done.read_bytes()).hexdigest(),
+               "crack_probability": 0.25, "crack": False, "heatmap_png": "done_heatmap.png",
                "overlay_png": "done_overlay.png", "color_png": "done_color.png"}
     (out / "predictions.jsonl").write_text(json.dumps(earlier) + "\n")
     job = FolderJob(fake_mapper(), root, out, root=root, mm_per_px=0.1).start()
@@ -424,3 +428,17 @@ def test_a_folder_over_the_cap_says_how_many_photos_it_left_out_and_how_to_raise
     assert job.total == 2 and job.left_out == 1
     assert "1 more photo(s) left out" in job.progress_text()
     assert "CRACKLOC_VIEWER_MAX_PHOTOS=N" in job.progress_text()
+
+
+def test_a_photo_replaced_under_the_same_name_is_mapped_again_not_reused(tmp_path):
+    """#27: results are reused only when the photo's content digest matches, not its name."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    photo = photo_file(root / "a.png")
+    job = FolderJob(fake_mapper(), root, root / "maps", root=root).start()
+    assert job.wait(timeout=60) and job.items[0].record["sha256"] == hashlib.sha256(photo.read_bytes()).hexdigest()
+    assert FolderJob(fake_mapper(), root, root / "maps", root=root).items[0].reused  # unchanged: reused
+    Image.new("RGB", (160, 120), (128, 128, 128)).save(photo)  # a grey image under the same name
+    again = FolderJob(fake_mapper(), root, root / "maps", root=root).start()
+    assert not again.items[0].reused and again.wait(timeout=60)
+    assert again.items[0].record["crack_probability"] == 0.0  # the grey photo's own result

@@ -37,6 +37,7 @@ from crackloc.io import (
     IMAGE_EXTENSIONS,
     atomic_write,
     failure_reason,
+    file_digest,
     load_rgb,
     rgb_to_tensor,
     save_png,
@@ -276,17 +277,20 @@ def predict_one(predictor: Predictor, path: Path | str, stem: str, *, geometry: 
             image = rgb_to_tensor(load_rgb(source, **load_kwargs))
         except CracklocError as exc:
             raise CracklocError(str(exc).replace(str(source), str(path))) from None
+    digest = file_digest(source if source is not None else path, what="image")  # the viewer reuses by content
     try:
-        return _maps(predictor, path, image, stem, geometry=geometry, mm_per_px=mm_per_px, kinds=save_kinds(save))
+        return _maps(predictor, path, image, stem, geometry=geometry, mm_per_px=mm_per_px, kinds=save_kinds(save),
+                     digest=digest)
     except (RuntimeError, MemoryError) as exc:
         raise model_failure(exc, path) from None
 
 
 def _maps(predictor: Predictor, path: Path | str, image: torch.Tensor, stem: str, *, geometry: bool,
-          mm_per_px: float | None, kinds: tuple[str, ...] = PNG_KINDS) -> tuple[dict, dict[str, np.ndarray]]:
-    """The record and the PNG arrays (of `kinds`) of one decoded image (uint8 [3,H,W])."""
+          mm_per_px: float | None, kinds: tuple[str, ...] = PNG_KINDS, digest: str | None = None
+          ) -> tuple[dict, dict[str, np.ndarray]]:
+    """The record and the PNG arrays (of `kinds`) of one decoded image (uint8 [3,H,W]; `digest`: its file's sha256)."""
     pred = predictor.predict(image, line_guide=bool(kinds))
-    rec = {"path": str(path), "crack_probability": round(pred.probability, 5),
+    rec = {"path": str(path), "sha256": digest, "crack_probability": round(pred.probability, 5),
            "crack": pred.probability >= predictor.threshold, "decision_threshold": predictor.threshold,
            "width": int(image.shape[2]), "height": int(image.shape[1]), "n_tiles": pred.n_tiles,
            "scale": round(pred.scale, 4), "heatmap": heatmap_stats(pred.heatmap),

@@ -30,6 +30,7 @@ from crackloc.inference.batch import (
 from crackloc.io import (
     IMAGE_EXTENSIONS,
     failure_reason,
+    file_digest,
 )
 from crackloc.viewer.logic import MAP_THRESHOLD, measure, predict_images, predict_record
 from crackloc.viewer.mapper import PhotoMapper
@@ -101,7 +102,8 @@ def _record_pngs_ok(rec: dict, out: Path) -> bool:
 def existing_results(out: str | Path, photos: list[Path], folder: str | Path) -> dict[Path, dict]:
     """Records of `out/predictions.jsonl` (written by `predict` or by this viewer) for these photos.
 
-    A record counts when the PNGs it names are in `out` and its path is one of the photos: as
+    A record counts when the PNGs it names are in `out`, it was made from the photo's current
+    content (`sha256`), and its path is one of the photos: as
     written (absolute, or relative to the current folder) or, for a relative path, by its
     trailing part relative to `folder` (`crackloc predict photos/ --out maps/` run elsewhere).
     Later lines win (a rerun appends).
@@ -125,9 +127,21 @@ def existing_results(out: str | Path, photos: list[Path], folder: str | Path) ->
         if photo is None and not p.is_absolute():
             parts = p.parts
             photo = next((by_rel[k] for i in range(len(parts)) if (k := "/".join(parts[i:])) in by_rel), None)
-        if photo is not None:
+        if photo is not None and _same_content(rec, photo):
             found[photo] = rec
     return found
+
+
+def _same_content(rec: dict, photo: Path) -> bool:
+    """The record was made from this very file (its `sha256`): a photo replaced under the same name is
+    mapped again, and so is one whose record does not say (made before records carried it)."""
+    digest = rec.get("sha256")
+    if not isinstance(digest, str):
+        return False
+    try:
+        return file_digest(photo) == digest
+    except CracklocError:
+        return False
 
 
 @dataclass

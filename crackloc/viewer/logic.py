@@ -191,6 +191,7 @@ class MappedPhoto:
     scale: float = 1.0  # the resize factor the model saw (cfg.scale, or chosen per photo with auto_scale)
     cached: bool = False  # True when served from the cache (no model run)
     model_id: str = ""  # the Predictor's `model_id` (records name the model that made them)
+    digest: str = ""  # sha256 of the photo file (records carry it; the viewer reuses results by it)
     _preview: list = field(default_factory=list, repr=False)  # shared by copies of a cached photo
 
     @property
@@ -327,7 +328,8 @@ def predict_record(path: str, photo: MappedPhoto, stem: str, report: CrackReport
     `map_threshold` (predict's is 0.5, the value that makes the two identical).
     """
     rec: dict[str, Any] = {
-        "path": path, "crack_probability": round(photo.probability, 5), "crack": photo.crack,
+        "path": path, "sha256": photo.digest or None, "crack_probability": round(photo.probability, 5),
+        "crack": photo.crack,
         "decision_threshold": photo.decision_threshold, "width": photo.width, "height": photo.height,
         "n_tiles": photo.n_tiles, "scale": round(photo.scale, 4), "heatmap": heatmap_stats(photo.heatmap, threshold=map_threshold),
         **run_settings(photo.cfg),

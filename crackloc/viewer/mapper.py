@@ -196,7 +196,8 @@ class PhotoMapper:
         name = name or path.name
         if not path.is_file():
             raise CracklocError(f"{name}: no such file")
-        key = settings_key(file_digest(path), self.model_id, cfg)
+        digest = file_digest(path)
+        key = settings_key(digest, self.model_id, cfg)
         hit = self._photos.get(key)
         if hit is not None:
             return dataclasses.replace(hit, name=name, cached=True)
@@ -225,7 +226,7 @@ class PhotoMapper:
         photo = MappedPhoto(key=key, name=name, image=image, heatmap=pred.heatmap.float(),
                             probability=pred.probability, decision_threshold=predictor.threshold,
                             n_tiles=pred.n_tiles, cfg=predictor.cfg, seconds=seconds, grayscale=grayscale,
-                            scale=pred.scale, model_id=predictor.model_id)
+                            scale=pred.scale, model_id=predictor.model_id, digest=digest)
         if keep:
             self._photos.put(key, photo)
         return photo
