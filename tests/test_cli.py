@@ -86,3 +86,21 @@ def test_export_command_writes_a_checked_onnx_file(tiny_run: Path, tmp_path: Pat
     assert main(["export", "--checkpoint", str(tiny_run / "model.pt"), "--out", str(out),
                  "--image-size", "112"]) == 0
     assert out.stat().st_size > 1_000_000 and "checked against torch" in capsys.readouterr().out
+
+
+def test_evaluate_localization_names_the_images_that_failed_when_no_dev_image_is_left(tmp_path, capsys):
+    """#27: it said "see the failed images" without naming them."""
+    import numpy as np
+
+    from crackloc.io import save_png
+
+    for i in range(4):
+        (tmp_path / "images").mkdir(exist_ok=True)
+        (tmp_path / "images" / f"im{i}.png").write_bytes(b"not a png")
+        mask = np.zeros((32, 32), np.uint8)
+        mask[10:20, 15] = 255
+        save_png(tmp_path / "masks" / f"im{i}.png", mask)
+    rc = main(["evaluate-localization", "--data", str(tmp_path), "--out", str(tmp_path / "out"),
+               "--model", "darkness"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "image(s) failed: im" in err and "not a readable image" in err, err

@@ -161,3 +161,19 @@ def test_unsupported_opset_fails_fast_in_one_line(opset, tmp_path, monkeypatch, 
 
 def test_max_opset_is_within_onnx():
     assert export.ONNX_OPSET <= max_opset() <= onnx.defs.onnx_opset_version()
+
+
+def test_a_damaged_cache_entry_is_exported_again(twins, tmp_path):
+    """#27: a truncated or corrupt `.onnx` in the cache was never rebuilt (every run failed on it)."""
+    from crackloc.config import InferenceConfig
+    from crackloc.inference.predictor import Predictor
+
+    cfg = InferenceConfig(backend="onnx", tile=SIZE, precision="32")
+    first = Predictor(twins["files"][0], cfg, cache_dir=tmp_path)
+    (entry,) = tmp_path.glob("*.onnx")
+    good = entry.read_bytes()
+    entry.write_bytes(good[: len(good) // 3])  # cut short, as by a full disk
+    again = Predictor(twins["files"][0], cfg, cache_dir=tmp_path)
+    assert entry.read_bytes() == good or len(entry.read_bytes()) > len(good) // 2
+    x = torch.rand(1, 3, SIZE, SIZE)
+    torch.testing.assert_close(again.model(x)[0], first.model(x)[0])

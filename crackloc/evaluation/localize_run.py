@@ -202,8 +202,11 @@ def _score_all(predictor: Predictor, ds: MaskDataset, dev_stems: list[str], test
         for _ in score_images(predictor, ds, dev_stems, [sc.dev, sc.pxap_all], failed=sc.failed, bar=bar):
             pass
         if int(sc.dev.n_gt) == 0:
-            raise CracklocError(f"{ds.root}: no usable dev image with crack pixels to pick a "
-                                "threshold (see the failed images, or raise dev_fraction)")
+            failed = "; ".join(f"{Path(f['path']).name}: {f['reason']}" for f in sc.failed[:3]) \
+                + ("; …" if len(sc.failed) > 3 else "")
+            raise CracklocError(f"{ds.root}: no usable dev image with crack pixels to pick a threshold ("
+                                + (f"{len(sc.failed)} image(s) failed: {failed}" if sc.failed
+                                   else "the dev images have no crack pixels") + "; or raise --dev-fraction)")
         threshold = pick_threshold(sc.dev.compute())  # known before any test image is tiled
         sc.widths = WidthErrorEvaluator(threshold=threshold)
         evaluators = [sc.test, sc.pxap_test, sc.pxap_all, sc.widths, sc.exact_test]

@@ -141,7 +141,12 @@ class Predictor:
         settings = {"ahr_percentile": getattr(payload["model_config"], "ahr_percentile", None),
                     "map_alignment": MAP_ALIGNMENT}
         path = cached_onnx(model, self.checkpoint, image_size=cfg.tile, settings=settings, cache=cache_dir)
-        return OnnxPredictor(path)
+        try:
+            return OnnxPredictor(path)
+        except CracklocError:  # a damaged cache entry (a disk that filled up, a hand edit): made again, once
+            path.unlink(missing_ok=True)
+            return OnnxPredictor(cached_onnx(model, self.checkpoint, image_size=cfg.tile, settings=settings,
+                                             cache=cache_dir))
 
     @property
     def model_id(self) -> str:
