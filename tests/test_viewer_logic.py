@@ -442,3 +442,38 @@ def test_a_photo_replaced_under_the_same_name_is_mapped_again_not_reused(tmp_pat
     again = FolderJob(fake_mapper(), root, root / "maps", root=root).start()
     assert not again.items[0].reused and again.wait(timeout=60)
     assert again.items[0].record["crack_probability"] == 0.0  # the grey photo's own result
+
+
+class SlowDarkIsCrack(DarkIsCrack):
+    """DarkIsCrack that takes 20 ms per batch of windows (a big photo is many batches)."""
+
+    def forward(self, x: torch.Tensor):
+        import time
+
+        time.sleep(0.02)
+        return super().forward(x)
+
+
+def test_a_small_photo_is_answered_while_a_big_one_is_mapped(tmp_path):
+    """#27: maps take turns batch by batch, so a second client's small upload need not wait for a big map."""
+    import threading
+    import time
+
+    cfg = InferenceConfig(tile=TILE, overlap=0.25, precision="32", gate=False, batch_size=1)
+    mapper = PhotoMapper(cfg=cfg, model_id="slow",
+                         make_predictor=lambda c: Predictor.from_model(SlowDarkIsCrack(), c, threshold=0.5))
+    big, small = photo_file(tmp_path / "big.png", size=(600, 450)), photo_file(tmp_path / "small.png", size=(64, 64))
+    done: dict[str, float] = {}
+    started = threading.Event()
+    t0 = time.perf_counter()
+
+    def run(path: Path, **kw) -> None:
+        mapper.map_photo(path, **kw)
+        done[path.stem] = time.perf_counter() - t0
+
+    first = threading.Thread(target=run, args=(big,), kwargs={"on_start": lambda *a: started.set()})
+    first.start()
+    assert started.wait(timeout=30)  # the big map (130 windows, one batch each) is under way
+    run(small)
+    first.join()
+    assert done["small"] < done["big"] / 4, done  # its 1 window took one turn among the big one's 130

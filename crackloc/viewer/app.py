@@ -42,6 +42,8 @@ from crackloc.viewer.logic import (
 )
 from crackloc.viewer.mapper import LRU, PhotoMapper
 
+MAP_WORKERS = 2  # photos mapped at once (their model batches take turns: a small upload is not stuck behind a big one)
+
 log = logging.getLogger(__name__)
 
 PROGRESS = gr.Progress()  # the marker Gradio looks for in a handler's defaults (one instance, as usual)
@@ -77,7 +79,7 @@ class Viewer:
         self.tmp = Path(tempfile.mkdtemp(prefix="crackloc-viewer-"))
         self._jobs = LRU(4)
         self._thumbs = LRU(2000)
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="crackloc-map")
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=MAP_WORKERS, thread_name_prefix="crackloc-map")
 
     # ---- one photo ----------------------------------------------------------------------
 
@@ -342,8 +344,9 @@ class Viewer:
                     gallery_paths = gr.State([])
 
             shown = [state, overlay_img, summary_md, table, status, exports, upload]  # upload emptied: ready for the next
-            upload.upload(self.map_upload, [upload, scale, tile, threshold, opacity, mm], shown)
-            remap.click(self.map_upload_again, [state, scale, tile, threshold, opacity, mm], shown)
+            maps = {"concurrency_id": "map", "concurrency_limit": MAP_WORKERS}  # 2 maps at once, the rest queued
+            upload.upload(self.map_upload, [upload, scale, tile, threshold, opacity, mm], shown, **maps)
+            remap.click(self.map_upload_again, [state, scale, tile, threshold, opacity, mm], shown, **maps)
             redraw_out = [state, overlay_img, summary_md, table, status]
             for control in (threshold, opacity, mm):
                 control.change(self.redraw, [state, threshold, opacity, mm], redraw_out,
@@ -352,7 +355,7 @@ class Viewer:
             export_btn.click(self.export, [state, threshold, mm], [exports, status])
             folder_btn.click(self.map_folder, [folder_box, out_box, mm], [gallery, folder_status, gallery_paths])
             gallery.select(self.open_from_gallery, [gallery_paths, scale, tile, threshold, opacity, mm],
-                           [tabs, *shown])
+                           [tabs, *shown], **maps)
         return demo
 
     def map_upload_again(self, state: dict, scale: float, tile: float, threshold: float, opacity: float, mm: Any,

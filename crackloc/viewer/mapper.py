@@ -20,6 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from crackloc.config import InferenceConfig, from_dict
 from crackloc.errors import CracklocError
 from crackloc.inference.autoscale import MAX_PIXELS as AUTO_MAX_PIXELS
@@ -48,6 +50,25 @@ GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})  # 
 
 
 # ---- mapping photos, with a cache ------------------------------------------------------------
+
+
+class _TakingTurns(torch.nn.Module):
+    """A model whose every forward pass (one batch of windows) holds `lock`: maps running in several
+    threads share the cores batch by batch instead of photo by photo."""
+
+    def __init__(self, model: Any, lock: threading.Lock) -> None:
+        super().__init__()
+        self.inner, self._lock = model, lock
+
+    def forward(self, x: torch.Tensor) -> Any:
+        with self._lock:
+            return self.inner(x)
+
+    def __getattr__(self, name: str) -> Any:  # decode_min_prob, cell_phase...: the wrapped model's
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.inner, name)
 
 
 def _header(path: Path, max_pixels: int) -> tuple[bool, int, int] | None:
@@ -168,6 +189,7 @@ class PhotoMapper:
             pred = self._predictors.get(key)
             if pred is None:
                 pred = self._make_predictor(cfg)
+                pred.model = _TakingTurns(pred.model, self._model_lock)
                 self._predictors.put(key, pred)
         return pred
 
@@ -214,13 +236,12 @@ class PhotoMapper:
         if on_start is not None:
             on_start(image.shape[1], image.shape[2], self.estimate_seconds(image.shape[1], image.shape[2], cfg))
         predictor = self.predictor(cfg)
-        with self._model_lock:
-            t0 = time.perf_counter()
-            try:
-                pred = predictor.predict(image)
-            except (RuntimeError, MemoryError) as exc:
-                raise _model_error(exc, name) from None
-            seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        try:  # the model takes turns batch by batch: a small photo is not stuck behind a 12 MP one
+            pred = predictor.predict(image)
+        except (RuntimeError, MemoryError) as exc:
+            raise _model_error(exc, name) from None
+        seconds = time.perf_counter() - t0
         windows = estimate_tiles(image.shape[1], image.shape[2], cfg, scale=pred.scale)
         self.seconds_per_tile = 0.5 * self.seconds_per_tile + 0.5 * seconds / max(windows, 1)
         photo = MappedPhoto(key=key, name=name, image=image, heatmap=pred.heatmap.float(),
