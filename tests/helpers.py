@@ -62,3 +62,23 @@ def wait_held(proc: subprocess.Popen, marker: Path, *, timeout: float = 600.0) -
             proc.kill()
             raise AssertionError(f"the subprocess did not reach its hold point in {timeout:.0f} s")
         time.sleep(0.01)  # polling a condition (the marker), not timing the signal
+
+
+def wait_for_server(url: str, proc: subprocess.Popen, log: Path, *, timeout: float = 180.0) -> None:
+    """Return once `url` answers; pytest.fail with the server's log if it exits or times out first."""
+    import urllib.request
+
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"crackloc serve exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(url + "/", timeout=10):
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"crackloc serve did not answer within {timeout:.0f} s:\n{log.read_text()}")
+        time.sleep(0.5)

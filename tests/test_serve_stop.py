@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import start_held, wait_held
+from tests.helpers import start_held, wait_for_server, wait_held
 
 SAMPLE = Path(__file__).resolve().parents[1] / "crackloc" / "assets" / "sample_photo.jpg"
 
@@ -27,21 +27,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _up(url: str, proc: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + 180
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"crackloc serve exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(url + "/", timeout=5):
-                return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"crackloc serve did not answer within 180 s:\n{log.read_text()}")
-        time.sleep(0.5)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -57,7 +42,7 @@ def test_serve_stops_within_5_s_of_a_signal_while_mapping(tmp_path, sig):
                           call=1, marker=marker, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
         try:
             url = f"http://127.0.0.1:{port}"
-            _up(url, proc, log)
+            wait_for_server(url, proc, log)
             request = urllib.request.Request(url + "/gradio_api/call/map_folder", method="POST",
                                              data=json.dumps({"data": ["", "", None]}).encode(),
                                              headers={"Content-Type": "application/json"})

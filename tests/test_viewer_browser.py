@@ -31,6 +31,7 @@ from PIL import Image
 
 from crackloc.inference.predictor import ASSETS
 from crackloc.viewer.logic import read_crack_csv
+from tests.helpers import wait_for_server
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOT = REPO / "docs" / "img" / "viewer.png"
@@ -85,19 +86,8 @@ def site(tmp_path_factory):
     assert predict.returncode == 0, predict.stderr
     record = json.loads((maps / "predictions.jsonl").read_text().splitlines()[0])
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
     try:
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"crackloc serve exited with {server.returncode}:\n{(tmp / 'serve.log').read_text()}")
-            try:
-                if _get(url + "/") == 200:
-                    break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                pytest.fail(f"crackloc serve did not answer within 180 s:\n{(tmp / 'serve.log').read_text()}")
-            time.sleep(0.5)
+        wait_for_server(url, server, tmp / "serve.log")
         yield {"url": url, "root": root, "record": record, "tmp": tmp}
     finally:
         server.terminate()  # SIGTERM: the server closes like on Ctrl-C
