@@ -73,3 +73,19 @@ def test_predictions_jsonl_records_the_precision_that_ran(native, model_file, tm
                  "--tile", "64"]) == 0
     rec = json.loads((tmp_path / "o" / "predictions.jsonl").read_text())
     assert rec["precision"] == ("bf16" if native else "32") and rec["line_guide"] == 0.9
+
+
+def test_compile_keeps_torchs_compiler_to_errors():
+    """#27 minor: `--compile` printed pages of graph-break advice (the gated decoder's branch is by design)."""
+    import logging
+
+    from crackloc.inference.predictor import Predictor
+
+    torch_logger = logging.getLogger("torch._dynamo")
+    before = torch_logger.level
+    try:
+        Predictor.from_model(torch.nn.Identity(), InferenceConfig(compile=True))  # compiles lazily: no cost here
+        assert all(logging.getLogger(n).getEffectiveLevel() == logging.ERROR
+                   for n in ("torch._dynamo", "torch._inductor", "torch.utils.cpp_extension"))
+    finally:
+        torch_logger.setLevel(before)

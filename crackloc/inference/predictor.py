@@ -130,6 +130,7 @@ class Predictor:
         if isinstance(model, torch.nn.Module) and hasattr(model, "decode_min_prob"):
             model.decode_min_prob = GATED_SKIP_PROB if cfg.gate else 0.0
         if cfg.compile:
+            quiet_compiler()
             model = torch.compile(model)  # ~20 s once; pays off over many tiles/images
         self.cfg, self.model, self.device = cfg, model, torch.device(cfg.device)
 
@@ -189,6 +190,15 @@ class Predictor:
                              batch_size=cfg.batch_size, gate=cfg.gate, device=self.device,
                              amp_dtype=torch.bfloat16 if cfg.precision == "bf16" else None,
                              channels_last=cfg.precision == "bf16")
+
+
+def quiet_compiler() -> None:
+    """Keep `--compile` to errors: the gated decoder's data-dependent branch is a graph break by
+    design, and torch printed a page of advice about it (and about CUDA on CPU-only machines)."""
+    import logging
+
+    for name in ("torch._dynamo", "torch._inductor", "torch.utils.cpp_extension"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def heatmap_stats(heatmap: torch.Tensor, *, threshold: float = 0.5) -> dict:
