@@ -477,3 +477,39 @@ def test_a_small_photo_is_answered_while_a_big_one_is_mapped(tmp_path):
     run(small)
     first.join()
     assert done["small"] < done["big"] / 4, done  # its 1 window took one turn among the big one's 130
+
+
+def test_the_stop_button_ends_that_sessions_map_and_no_other(tmp_path):
+    """#27: a long map can be stopped; it ends at the model's next batch of windows, the other session's runs on."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from crackloc.viewer.app import Viewer
+
+    cfg = InferenceConfig(tile=TILE, overlap=0.25, precision="32", gate=False, batch_size=1)
+    mapper = PhotoMapper(cfg=cfg, model_id="slow",
+                         make_predictor=lambda c: Predictor.from_model(SlowDarkIsCrack(), c, threshold=0.5))
+    viewer = Viewer(mapper)
+    big, other = photo_file(tmp_path / "big.png", size=(600, 450)), photo_file(tmp_path / "other.png", size=(300, 200))
+    out: dict[str, tuple] = {}
+    t0 = time.perf_counter()
+
+    def upload(path: Path, session: str) -> None:
+        out[session] = (viewer.map_upload(str(path), 1.0, TILE, 0.5, 0.5, None, progress=lambda *a, **k: None,
+                                          request=SimpleNamespace(session_hash=session)), time.perf_counter() - t0)
+
+    runs = [threading.Thread(target=upload, args=(big, "a")), threading.Thread(target=upload, args=(other, "b"))]
+    for run in runs:
+        run.start()
+    while "a" not in viewer._stops:
+        time.sleep(0.01)
+    assert viewer.stop_map(SimpleNamespace(session_hash="a")) == "Stopping the map…"
+    for run in runs:
+        run.join()
+    viewer.close()
+    state_a, *_, status_a, _, _ = out["a"][0]
+    assert state_a == {} and "mapping stopped before it was done" in status_a, status_a
+    assert out["a"][1] < 2.0  # the 130-window map (2.6 s of model time alone) ended early
+    assert out["b"][0][0]["name"] == "other.png"  # the other session's map was done
+    assert viewer.stop_map(SimpleNamespace(session_hash="c")) == "Nothing is being mapped."

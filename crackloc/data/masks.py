@@ -24,8 +24,6 @@ from crackloc.io import (
     rgb_to_tensor,
 )
 
-MASK_VALUES = (0, 1, 255)
-
 
 def _by_stem(folder: Path) -> dict[str, Path]:
     """Map file stem → path for the images in `folder`; two files with one stem is an error."""

@@ -1,7 +1,7 @@
 """Grouped, stratified train/val/test split that keeps duplicates together.
 
 Exact duplicates (same SHA-256) and near duplicates (perceptual-hash Hamming distance ≤ d)
-are merged into groups with union-find; whole groups are assigned to splits, per class,
+are merged into groups (connected components, scipy.sparse.csgraph); whole groups are assigned to splits, per class,
 to hit 70/15/15. The result is a CSV manifest every later command reuses, and
 `check_manifest` proves no group, byte-identical file or near duplicate crosses splits.
 """
@@ -82,44 +82,35 @@ def _hamming_pairs(hashes: list[str], max_distance: int, chunk: int = 2048) -> l
     return pairs
 
 
-class _UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = list(range(n))
+def _components(n: int, pairs: list[tuple[int, int]]) -> list[int]:
+    """Connected-component label of each of `n` nodes joined by `pairs` (scipy's csgraph), numbered by
+    each component's first node, so the group ids follow the input order."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, i: int, j: int) -> None:
-        ri, rj = self.find(i), self.find(j)
-        if ri != rj:
-            self.parent[max(ri, rj)] = min(ri, rj)
+    edges = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    labels = connected_components(graph, directed=False)[1].tolist()
+    ids = {label: k for k, label in enumerate(dict.fromkeys(labels))}
+    return [ids[label] for label in labels]
 
 
 def group_duplicates(shas: list[str], phashes: list[str], *, max_distance: int) -> tuple[list[int], dict]:
     """Group ids (0..G-1) merging exact and near duplicates, and merge statistics."""
-    uf = _UnionFind(len(shas))
     first: dict[str, int] = {}
-    exact = 0
+    exact_pairs = []
     for i, s in enumerate(shas):
         if s in first:
-            uf.union(first[s], i)
-            exact += 1
+            exact_pairs.append((first[s], i))
         else:
             first[s] = i
-    before = len({uf.find(i) for i in range(len(shas))})
+    before = len(set(_components(len(shas), exact_pairs)))
     near = _hamming_pairs(phashes, max_distance) if max_distance >= 0 else []
-    for i, j in near:
-        uf.union(i, j)
-    roots = [uf.find(i) for i in range(len(shas))]
-    ids = {r: k for k, r in enumerate(dict.fromkeys(roots))}
-    groups = [ids[r] for r in roots]
+    groups = _components(len(shas), exact_pairs + near)
     sizes = Counter(groups)
     stats = {
-        "images": len(shas), "groups": len(ids), "exact_duplicate_files_merged": exact,
-        "near_duplicate_pairs": len(near), "groups_merged_by_near_duplicates": before - len(ids),
+        "images": len(shas), "groups": len(sizes), "exact_duplicate_files_merged": len(exact_pairs),
+        "near_duplicate_pairs": len(near), "groups_merged_by_near_duplicates": before - len(sizes),
         "multi_image_groups": sum(1 for c in sizes.values() if c > 1),
         "images_in_multi_image_groups": sum(c for c in sizes.values() if c > 1),
         "largest_group": max(sizes.values()), "phash_max_distance": max_distance,

@@ -80,17 +80,23 @@ class Viewer:
         self._jobs = LRU(4)
         self._thumbs = LRU(2000)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=MAP_WORKERS, thread_name_prefix="crackloc-map")
+        self._stops: dict[str, threading.Event] = {}  # session → its Stop button's event
 
     # ---- one photo ----------------------------------------------------------------------
 
-    def _map(self, path: str, name: str, cfg, progress) -> MappedPhoto:
-        """Map a photo in a worker thread while the page's progress bar follows the expected time."""
+    def _map(self, path: str, name: str, cfg, progress, session: str | None = None) -> MappedPhoto:
+        """Map a photo in a worker thread while the page's progress bar follows the expected time.
+
+        The session's Stop button (`stop_map`) ends it at the model's next batch of windows.
+        """
         started: dict[str, float] = {}
 
         def on_start(height: int, width: int, expected: float) -> None:
             started.update(t=time.perf_counter(), expected=max(expected, 0.5), mp=height * width / 1e6)
 
-        future = self._pool.submit(self.mapper.map_photo, path, cfg, name=name, on_start=on_start)
+        stop = self._stops.setdefault(session or "", threading.Event())
+        stop.clear()
+        future = self._pool.submit(self.mapper.map_photo, path, cfg, name=name, on_start=on_start, stop=stop)
         progress(0.0, desc=f"reading {name}")
         while True:
             try:
@@ -101,6 +107,14 @@ class Viewer:
                     progress(min(0.97, elapsed / started["expected"]),
                              desc=f"mapping {name} ({started['mp']:.1f} MP), {elapsed:.0f} s of "
                                   f"~{started['expected']:.0f} s")
+
+    def stop_map(self, request: gr.Request = None) -> str:
+        """The Stop button: end this session's running map (the other sessions' maps go on)."""
+        stop = self._stops.get(_session(request))
+        if stop is None:
+            return "Nothing is being mapped."
+        stop.set()
+        return "Stopping the map…"
 
     def _photo(self, state: dict, progress=None) -> MappedPhoto:
         """The photo in this session's state, from the cache (or mapped again if it was evicted)."""
@@ -126,14 +140,14 @@ class Viewer:
         return {}, None, "", _table([]), message, None, None
 
     def map_upload(self, path: str | None, scale: float, tile: float, threshold: float, opacity: float,
-                   mm: Any, name: str | None = None, progress=PROGRESS):
+                   mm: Any, name: str | None = None, progress=PROGRESS, request: gr.Request = None):
         """Upload or 'map again': → state, overlay, summary, table, status, exports and upload box (both emptied)."""
         if not path:
             return self._empty("Upload a photo (JPEG, PNG, BMP or TIFF) to map its cracks.")
         name = name or Path(path).name
         try:
             cfg = self.mapper.settings(scale=scale, tile=None if tile is None else int(tile))
-            photo = self._map(path, name, cfg, progress)
+            photo = self._map(path, name, cfg, progress, session=_session(request))
             view = self._show(photo, threshold, opacity, mm, None)
         except Exception as exc:
             return self._empty(_problem(exc))
@@ -272,7 +286,8 @@ class Viewer:
             time.sleep(1.0)
 
     def open_from_gallery(self, paths: list[str], scale: float, tile: float, threshold: float,
-                          opacity: float, mm: Any, evt: gr.SelectData, progress=PROGRESS):
+                          opacity: float, mm: Any, evt: gr.SelectData, progress=PROGRESS,
+                          request: gr.Request = None):
         """A gallery photo was clicked: map it in the 'One photo' tab."""
         try:
             index = evt.index if isinstance(evt.index, int) else evt.index[0]
@@ -281,7 +296,8 @@ class Viewer:
             return (gr.Tabs(selected="photo"), *self._empty(_problem(exc)))
         name = photo.relative_to(self.root).as_posix()
         return (gr.Tabs(selected="photo"),
-                *self.map_upload(str(photo), scale, tile, threshold, opacity, mm, name=name, progress=progress))
+                *self.map_upload(str(photo), scale, tile, threshold, opacity, mm, name=name, progress=progress,
+                                 request=request))
 
     # ---- the page -----------------------------------------------------------------------
 
@@ -301,6 +317,7 @@ class Viewer:
                                                    f"{self.mapper.max_pixels / 1e6:g} MP)", file_types=exts,
                                              type="filepath", elem_id="upload")
                             status = gr.Markdown("Upload a photo to map its cracks.", elem_id="status")
+                            stop_btn = gr.Button("Stop mapping", elem_id="stop", variant="stop", size="sm")
                             threshold = gr.Slider(0.05, 0.95, value=MAP_THRESHOLD, step=0.01,
                                                   label="map threshold (crack where the map ≥ this; predict uses 0.5)",
                                                   elem_id="threshold")
@@ -347,6 +364,7 @@ class Viewer:
             maps = {"concurrency_id": "map", "concurrency_limit": MAP_WORKERS}  # 2 maps at once, the rest queued
             upload.upload(self.map_upload, [upload, scale, tile, threshold, opacity, mm], shown, **maps)
             remap.click(self.map_upload_again, [state, scale, tile, threshold, opacity, mm], shown, **maps)
+            stop_btn.click(self.stop_map, None, status, queue=False)  # not behind the maps in the queue
             redraw_out = [state, overlay_img, summary_md, table, status]
             for control in (threshold, opacity, mm):
                 control.change(self.redraw, [state, threshold, opacity, mm], redraw_out,
@@ -359,16 +377,21 @@ class Viewer:
         return demo
 
     def map_upload_again(self, state: dict, scale: float, tile: float, threshold: float, opacity: float, mm: Any,
-                         progress=PROGRESS):
+                         progress=PROGRESS, request: gr.Request = None):
         """'Map again with these settings' on the photo already shown."""
         if not state or "path" not in state:
             return self._empty("**Error:** upload a photo first")
         return self.map_upload(state["path"], scale, tile, threshold, opacity, mm, name=state["name"],
-                               progress=progress)
+                               progress=progress, request=request)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _session(request: gr.Request | None) -> str:
+    """The browser session a request comes from ('' outside a request: tests, scripts)."""
+    return str(getattr(request, "session_hash", None) or "")
 
 
 def _stopper(viewer: Viewer) -> Callable[[int, Any], None]:

@@ -52,15 +52,26 @@ GRAY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F"})  # 
 # ---- mapping photos, with a cache ------------------------------------------------------------
 
 
+_turns = threading.local()  # .stop: the Event that stops the map running in this thread (`map_photo`)
+
+
+class MapStopped(CracklocError):
+    """A map stopped on request (the viewer's Stop button) before it was done."""
+
+
 class _TakingTurns(torch.nn.Module):
     """A model whose every forward pass (one batch of windows) holds `lock`: maps running in several
-    threads share the cores batch by batch instead of photo by photo."""
+    threads share the cores batch by batch instead of photo by photo, and a stopped map ends at its
+    next batch."""
 
     def __init__(self, model: Any, lock: threading.Lock) -> None:
         super().__init__()
         self.inner, self._lock = model, lock
 
     def forward(self, x: torch.Tensor) -> Any:
+        stop = getattr(_turns, "stop", None)
+        if stop is not None and stop.is_set():
+            raise MapStopped("mapping stopped before it was done; nothing was kept")
         with self._lock:
             return self.inner(x)
 
@@ -200,7 +211,8 @@ class PhotoMapper:
         return estimate_tiles(height, width, cfg) * self.seconds_per_tile
 
     def map_photo(self, path: str | Path, cfg: InferenceConfig | None = None, *, name: str | None = None,
-                  keep: bool = True, on_start: Callable[[int, int, float], None] | None = None) -> MappedPhoto:
+                  keep: bool = True, on_start: Callable[[int, int, float], None] | None = None,
+                  stop: threading.Event | None = None) -> MappedPhoto:
         """Map one photo file (or take its map from the cache).
 
         Args:
@@ -209,10 +221,11 @@ class PhotoMapper:
             name: Shown in messages and written as the record's path (default: the file name).
             keep: Put the result in the cache.
             on_start: Called with (height, width, expected seconds) before the model runs.
+            stop: Once set, the map ends at its next batch of windows (`MapStopped`).
 
         Raises:
             CracklocError: one line naming `name`, for a missing, corrupt, too large file, or a
-                model failure (out of memory, NaN weights).
+                model failure (out of memory, NaN weights); `MapStopped` when stopped.
         """
         path, cfg = Path(path), cfg or self.base_cfg
         name = name or path.name
@@ -236,11 +249,15 @@ class PhotoMapper:
         if on_start is not None:
             on_start(image.shape[1], image.shape[2], self.estimate_seconds(image.shape[1], image.shape[2], cfg))
         predictor = self.predictor(cfg)
-        t0 = time.perf_counter()
+        t0, _turns.stop = time.perf_counter(), stop
         try:  # the model takes turns batch by batch: a small photo is not stuck behind a 12 MP one
             pred = predictor.predict(image)
+        except MapStopped as exc:
+            raise MapStopped(f"{name}: {exc}") from None
         except (RuntimeError, MemoryError) as exc:
             raise _model_error(exc, name) from None
+        finally:
+            _turns.stop = None
         seconds = time.perf_counter() - t0
         windows = estimate_tiles(image.shape[1], image.shape[2], cfg, scale=pred.scale)
         self.seconds_per_tile = 0.5 * self.seconds_per_tile + 0.5 * seconds / max(windows, 1)
