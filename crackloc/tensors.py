@@ -17,6 +17,13 @@ from collections.abc import Callable
 import torch
 from tqdm import tqdm
 
+MASK_LEVEL = 0.5  # a crack mask is map >= this: predict's masks, geometry, the viewer's default, the line guide
+
+
+def unit_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 in [0,255] → float32 in [0,1]; a float tensor (already in [0,1]) → float32 as it is."""
+    return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+
 
 def to_input(images: torch.Tensor, *, channels_last: bool) -> torch.Tensor:
     """uint8 [B,3,H,W] → float [B,3,H,W] in [0,1] (channels_last if asked)."""

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from crackloc.models.filters import grey, line_response
+from crackloc.tensors import unit_float
 
 TRAIN_CRACK_WIDTH = 14.3  # px at 224 px: median over 145 Özgenel training crack patches (quartiles 10.1–17.0), benchmarks/crack_widths.py
 WORK_SIDE = 1024  # the estimate runs on a copy at most this many px on its longer side
@@ -61,7 +62,7 @@ def estimate_crack_width(image: torch.Tensor) -> float | None:
     Args:
         image: uint8 [3,H,W] (or float in [0,1]).
     """
-    x = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()  # [3,H,W]
+    x = unit_float(image)  # [3,H,W]
     h, w = x.shape[-2:]
     shrink = min(1.0, WORK_SIDE / max(h, w))
     g = grey(x[None])  # [1,1,H,W]

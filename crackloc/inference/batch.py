@@ -42,6 +42,7 @@ from crackloc.io import (
     rgb_to_tensor,
     save_png,
 )
+from crackloc.tensors import MASK_LEVEL
 
 PNG_KINDS = ("heatmap", "overlay", "color")  # each image gets `<stem>_<kind>.png`
 # `predict --save`: which PNGs each image gets (its record is always written). `record` also skips
@@ -303,7 +304,7 @@ def _maps(predictor: Predictor, path: Path | str, image: torch.Tensor, stem: str
     if geometry:
         from crackloc.inference.geometry import draw_geometry, measure_cracks
 
-        geo = measure_cracks((pred.heatmap >= 0.5).numpy(), mm_per_px=mm_per_px)
+        geo = measure_cracks((pred.heatmap >= MASK_LEVEL).numpy(), mm_per_px=mm_per_px)
         rec["geometry"] = geo.to_dict()
         if "overlay_png" in arrays:
             arrays["overlay_png"] = draw_geometry(arrays["overlay_png"], geo)

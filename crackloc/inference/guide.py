@@ -29,15 +29,15 @@ import torch.nn.functional as F
 
 from crackloc.inference.autoscale import TRAIN_CRACK_WIDTH
 from crackloc.models.filters import TAU_RIDGE, grey, ridge_response
+from crackloc.tensors import MASK_LEVEL, unit_float  # the guide keeps the crack mask exactly
 
-MASK_LEVEL = 0.5  # predict's crack mask is map >= 0.5: the guide keeps it exactly
 WORK_WIDTH = 5.0  # px: cracks expected wider than this are filtered on a copy shrunk to this width
 
 
 @torch.inference_mode()
 def line_evidence(image: torch.Tensor, *, scale: float) -> torch.Tensor:
     """Dark-line evidence of a photo for cracks `TRAIN_CRACK_WIDTH / scale` px wide: uint8 [3,H,W] → [H,W] in [0,1]."""
-    x = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()  # [3,H,W]
+    x = unit_float(image)  # [3,H,W]
     h, w = x.shape[-2:]
     width = TRAIN_CRACK_WIDTH / scale  # expected crack width, photo px
     shrink = min(1.0, WORK_WIDTH / width)

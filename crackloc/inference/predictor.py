@@ -23,7 +23,7 @@ from crackloc.inference.autoscale import auto_scale
 from crackloc.inference.guide import guide_map, line_evidence
 from crackloc.inference.tiling import predict_tiled
 from crackloc.models.checkpoint import load_model
-from crackloc.tensors import MAP_ALIGNMENT, resolve_precision
+from crackloc.tensors import MAP_ALIGNMENT, MASK_LEVEL, resolve_precision
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 # Gated maps: a window below this crack probability may skip the map decoder (stage 2), since its
@@ -201,7 +201,7 @@ def quiet_compiler() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def heatmap_stats(heatmap: torch.Tensor, *, threshold: float = 0.5) -> dict:
+def heatmap_stats(heatmap: torch.Tensor, *, threshold: float = MASK_LEVEL) -> dict:
     """Summary numbers of a heatmap [H,W]."""
     return {"mean": round(float(heatmap.mean()), 5), "max": round(float(heatmap.max()), 5),
             "area_fraction_above": round(float((heatmap >= threshold).float().mean()), 5),

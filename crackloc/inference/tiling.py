@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crackloc.tensors import unit_float
+
 WEIGHT_FLOOR = 0.05  # min of the 1-D blend window; the 2-D weight is ≥ WEIGHT_FLOOR²
 # A window whose grey levels spread less than this (standard deviation, of 1) is flat: a uniform,
 # near-uniform or saturated area holds no crack evidence, whatever a model makes of it (a
@@ -140,14 +142,9 @@ def _prepare(image: torch.Tensor, scale: float, device: torch.device) -> torch.T
         return image
     h, w = image.shape[-2:]
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    x = _to_unit(image).unsqueeze(0)  # [1,3,H,W] in [0,1]
+    x = unit_float(image).unsqueeze(0)  # [1,3,H,W] in [0,1]
     x = _resize(x, size)[0].clamp(0.0, 1.0)  # [3,h,w]
     return (x * 255.0).round().to(torch.uint8) if image.dtype == torch.uint8 else x
-
-
-def _to_unit(x: torch.Tensor) -> torch.Tensor:
-    """uint8 in [0,255] → float in [0,1]; float passes through as float32."""
-    return x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
 
 
 def _tile_boxes(corners: list[tuple[int, int]], *, tile: int, scaled: tuple[int, int],
@@ -173,7 +170,7 @@ def _run_tiles(model: nn.Module, padded: torch.Tensor, corners: list[tuple[int, 
     for start in range(0, len(corners), batch_size):
         chunk = corners[start : start + batch_size]
         batch = torch.stack([padded[:, y : y + tile, x : x + tile] for y, x in chunk])  # [b,3,t,t]
-        batch = _to_unit(batch)
+        batch = unit_float(batch)
         if channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16,

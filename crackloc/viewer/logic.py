@@ -40,8 +40,9 @@ from crackloc.io import (
     save_png,
     write_text,
 )
+from crackloc.tensors import MASK_LEVEL
 
-MAP_THRESHOLD = 0.5  # predict's map threshold for geometry (`heatmap >= 0.5`)
+MAP_THRESHOLD = MASK_LEVEL  # predict's map threshold for geometry (`heatmap >= MASK_LEVEL`)
 OVERLAY_ALPHA = 0.55  # predict's overlay opacity (crackloc.inference.predictor.overlay)
 OVERLAY_FLOOR = 0.2  # map values below this are not tinted (same function)
 MIN_AREA = 20  # smallest crack kept, px (measure_cracks' default, as predict)
