@@ -104,3 +104,13 @@ def test_evaluate_localization_names_the_images_that_failed_when_no_dev_image_is
                "--model", "darkness"])
     err = capsys.readouterr().err
     assert rc != 0 and "image(s) failed: im" in err and "not a readable image" in err, err
+
+
+def test_serve_without_the_viewer_extra_says_how_to_install_it(monkeypatch, capsys):
+    """gradio and ray are extras (#25): without gradio, `serve` gives the install line, not a traceback."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a))
+    assert main(["serve"]) == 2
+    assert capsys.readouterr().err.strip() == "crackloc serve: error: crackloc serve needs Gradio: pip install 'crackloc[viewer]'"

@@ -67,7 +67,8 @@ def _import_ray():
         import ray
         import ray.data  # noqa: F401
     except ImportError:
-        raise CracklocError(f"--engine ray needs Ray Data: pip install '{RAY_REQUIREMENT}'") from None
+        raise CracklocError(f"--engine ray needs Ray Data: pip install 'crackloc[ray]' (or '{RAY_REQUIREMENT}')") \
+            from None
     return ray
 
 
