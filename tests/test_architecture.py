@@ -18,8 +18,15 @@ from pathlib import Path
 PACKAGE = "crackloc"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
-METHOD_NAMES = frozenset({"crackloc", "resnet18_cam", "cam_vgg16", "wsol_crack", "psol", "ts_cam",
-                          "resnet18", "lite0"})
+def _method_names() -> frozenset[str]:
+    """Every registered model and backbone name, read from the registries so the list cannot drift."""
+    from crackloc.models.backbone import BACKBONES
+    from crackloc.models.registry import available_models
+
+    return frozenset(available_models()) | frozenset(BACKBONES)
+
+
+METHOD_NAMES = _method_names()
 NAME_TABLES = ("models/registry.py", "experiments/methods.py")  # the only places that may branch
 COMPARE_OPS = (ast.Eq, ast.NotEq, ast.In, ast.NotIn)
 

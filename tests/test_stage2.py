@@ -105,7 +105,7 @@ def test_tiny_stage2_learns_the_fixture(tmp_path):
 def test_stage2_trains_from_a_stage1_model_file_by_one_command(tiny_run, crack_folder, tmp_path, monkeypatch):
     import json
 
-    import crackloc.training.run as run_module
+    import crackloc.training.sources as sources
     from crackloc.cli import main
 
     out = tmp_path / "stage2"
@@ -123,8 +123,8 @@ def test_stage2_trains_from_a_stage1_model_file_by_one_command(tiny_run, crack_f
 
     again = build_model(ModelConfig(name="crackseg", pretrained="none", init_from=str(out / "model.pt")))
     assert torch.equal(again.head.weight, load_model(out / "model.pt")[0].head.weight.float())
-    made, real = [], run_module.self_training_labels
-    monkeypatch.setattr(run_module, "self_training_labels", lambda *a, **k: made.append(a[0]) or real(*a, **k))
+    made, real = [], sources.self_training_labels
+    monkeypatch.setattr(sources, "self_training_labels", lambda *a, **k: made.append(a[0]) or real(*a, **k))
     round2 = tmp_path / "round2"
     assert main(["train", "--data", str(crack_folder), "--preset", "tiny", "--out", str(round2), "--pretrained",
                  "none", "--model", "crackseg", "--init-from", str(out / "model.pt"), "--epochs", "1",
@@ -132,7 +132,7 @@ def test_stage2_trains_from_a_stage1_model_file_by_one_command(tiny_run, crack_f
     assert len(made) == 1 and made[0].cfg.name == "crackseg"  # its own confident pixels, not a refinement
     saved = torch.load(round2 / "pseudo_masks.pt", weights_only=True)
     assert set(saved["masks"].unique().tolist()) <= {0, 1, IGNORE}
-    assert saved["origin"] == run_module.file_digest(out / "model.pt") != cache["origin"]  # keyed by its maker
+    assert saved["origin"] == sources.file_digest(out / "model.pt") != cache["origin"]  # keyed by its maker
 
 
 def test_gated_decoding_skips_only_windows_below_the_probability():
@@ -239,7 +239,12 @@ def test_pseudo_mask_caches_are_told_apart_by_what_made_them(tmp_path):
     from crackloc.config import RunConfig
     from crackloc.data.dataset import DecodedSplit
     from crackloc.errors import CracklocError
-    from crackloc.training.run import _cached, file_digest, made_by
+    from crackloc.io import file_digest
+    from crackloc.training.run import _cached
+    from crackloc.training.sources import SOURCES
+
+    def made_by(cfg, source):
+        return SOURCES[source].origin(cfg)
 
     cfg = RunConfig()
     assert made_by(cfg, "cam") == ("p95", "")  # the default keeps the plain file name

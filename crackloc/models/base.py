@@ -19,6 +19,8 @@ class LocalizationModel(nn.Module):
 
     uses_pseudo_masks: bool = False  # class default: trained with the L1 term against pseudo masks
     pseudo_source: str = "cam"  # which pseudo masks: 'cam' (teacher CAM, p95) | 'ddt' (DDT co-localisation)
+    # | 'refined' (stage 2; `crackloc.training.sources`)
+    dense_training: bool = False  # stage 2: trained by `forward_dense` on pixel labels with an ignore band
     cell_phase: float = 0.0  # where a map cell sits in its stride (0: torchvision CNNs; models on a backbone copy its)
 
     def __init__(self, *, mean: tuple[float, ...], std: tuple[float, ...],

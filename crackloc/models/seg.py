@@ -46,6 +46,7 @@ class CrackSegNet(LocalizationModel):
 
     uses_pseudo_masks = True
     pseudo_source = "refined"
+    dense_training = True
     decode_min_prob: float = 0.0  # inference: skip the decoder for windows below this crack probability
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -113,7 +114,7 @@ def load_stage1(model: CrackSegNet, path: str) -> str:
     from crackloc.models.checkpoint import read_model_file
 
     payload = read_model_file(path)
-    sd, whole = payload["state_dict"], payload["config"].get("name") == "crackseg"
+    sd, whole = payload["state_dict"], payload["config"].get("name") == model.cfg.name  # same kind: all of it
     own = model.state_dict()
     usable = {k: v.float() for k, v in sd.items() if (whole or k.startswith("backbone.") or k.startswith("fc."))
               and k in own and own[k].shape == v.shape}

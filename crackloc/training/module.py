@@ -55,7 +55,7 @@ class LitLocalizer(L.LightningModule):
         use_l1 = self.model.uses_pseudo_masks and pseudo.dim() == 4 and self.train_cfg.lambda_l1 > 0
         if self.train_cfg.augment:  # at pixel level, so the masks move exactly with the image
             images, pseudo = augment(images, pseudo)
-        stage2 = use_l1 and getattr(self.model, "pseudo_source", "") == "refined"  # pixel labels, ignore band
+        stage2 = use_l1 and self.model.dense_training  # pixel labels with an ignore band
         if stage2 and self.train_cfg.zoom_out < 1 and bool(torch.rand(()) < 0.5):
             factor = self.train_cfg.zoom_out + (1 - self.train_cfg.zoom_out) * float(torch.rand(()))
             images, pseudo = zoom_out(images, pseudo, factor=factor)

@@ -33,7 +33,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from crackloc.config import RunConfig, TrainConfig, from_dict, load_config, save_config
+from crackloc.config import RunConfig, from_dict, load_config, save_config
 from crackloc.data.dataset import DecodedSplit
 from crackloc.data.manifest import (
     check_parts,
@@ -43,17 +43,13 @@ from crackloc.data.manifest import (
     write_split,
 )
 from crackloc.errors import CracklocError
-from crackloc.io import file_digest, save_torch, write_json
+from crackloc.io import save_torch, write_json
 from crackloc.models.checkpoint import load_model, save_model
 from crackloc.models.registry import build_model
 from crackloc.tensors import MAP_ALIGNMENT, predict_batches
-from crackloc.training.ddt import ddt_pseudo_masks
 from crackloc.training.fit import Ranks, fit_model, per_device_batch, train_precision
-from crackloc.training.pseudo import pseudo_masks
-from crackloc.training.refine_labels import refined_labels, self_training_labels
+from crackloc.training.sources import SOURCES
 from crackloc.training.threshold import choose_threshold
-
-DEFAULT_PSEUDO_PERCENTILE = TrainConfig.pseudo_percentile
 
 
 def student_pseudo(cfg: RunConfig, model: torch.nn.Module) -> tuple[str | None, tuple[int, int]]:
@@ -169,7 +165,7 @@ def train_teacher(cfg: RunConfig, out: Path, splits: dict[str, DecodedSplit], *,
 def _cached(path: Path | None, train: DecodedSplit, source: str, grid: tuple[int, int],
             target: str, origin: str | None = None) -> torch.Tensor | None:
     """The masks in a pseudo-mask cache file if it was made for these images, source, size, cell
-    alignment, target kind and `made_by` (files from before `MAP_ALIGNMENT`, on a student's grid,
+    alignment, target kind and origin (`SOURCES[source].origin`; files from before `MAP_ALIGNMENT`, on a student's grid,
     or without `origin`, are remade)."""
     if path is None or not path.is_file():
         return None
@@ -178,33 +174,6 @@ def _cached(path: Path | None, train: DecodedSplit, source: str, grid: tuple[int
             and tuple(cached["masks"].shape[-2:]) == tuple(grid) and cached.get("alignment") == MAP_ALIGNMENT
             and cached.get("target", "binary") == target and cached.get("origin") == origin)
     return cached["masks"] if fits else None
-
-
-def made_by(cfg: RunConfig, source: str) -> tuple[str | None, str]:
-    """What else decides a pseudo-mask set, and the cache-name suffix that tells sets apart.
-
-    Stage 2: the model file that made the labels (its sha256). Binary CAM masks: the percentile
-    they are cut at (the default 95 keeps the plain name).
-    """
-    if source == "refined" and cfg.model.init_from:
-        digest = file_digest(cfg.model.init_from)
-        return digest, f"_{digest[:12]}"
-    if source == "cam" and cfg.train.pseudo_target == "binary":
-        pct = cfg.train.pseudo_percentile
-        return f"p{pct:g}", "" if pct == DEFAULT_PSEUDO_PERCENTILE else f"_p{pct:g}"
-    return None, ""
-
-
-def stage2_labels(cfg: RunConfig, train: DecodedSplit, *, progress: bool) -> torch.Tensor:
-    """Pixel pseudo-labels of the training split from the model file `model.init_from`: a stage-1
-    model's maps refined by the image, or (self-training round) a stage-2 model's own confident pixels."""
-    if not cfg.model.init_from:
-        raise CracklocError("stage 2 needs a stage-1 model file: set model.init_from (--init-from RUN/model.pt)")
-    source = load_model(cfg.model.init_from)[0]
-    if getattr(source, "pseudo_source", "") == "refined":
-        return self_training_labels(source, train.images, train.labels, precision=cfg.train.precision,
-                                    progress=progress)
-    return refined_labels(source, train.images, train.labels, precision=cfg.train.precision, progress=progress)
 
 
 def cached_pseudo_masks(cfg: RunConfig, out: Path, teacher: torch.nn.Module | None, train: DecodedSplit, *,
@@ -219,7 +188,7 @@ def cached_pseudo_masks(cfg: RunConfig, out: Path, teacher: torch.nn.Module | No
     """
     path = out / "pseudo_masks.pt"
     kind = "" if cfg.train.pseudo_target == "binary" else f"_{cfg.train.pseudo_target}"
-    origin, suffix = made_by(cfg, source)
+    origin, suffix = SOURCES[source].origin(cfg)
     keyed = shared / f"pseudo_{source}{kind}_{grid[0]}x{grid[1]}{suffix}.pt" if shared else None
     for candidate in (path, keyed):
         masks = _cached(candidate, train, source, grid, cfg.train.pseudo_target, origin)
@@ -227,16 +196,7 @@ def cached_pseudo_masks(cfg: RunConfig, out: Path, teacher: torch.nn.Module | No
             if candidate != path:
                 link_file(candidate, path)
             return masks
-    if source == "refined":
-        masks = stage2_labels(cfg, train, progress=progress)
-    elif source == "ddt":
-        masks = ddt_pseudo_masks(teacher, train.images, train.labels, grid=grid,
-                                 negatives=cfg.train.negative_pseudo, precision=cfg.train.precision,
-                                 progress=progress)
-    else:
-        masks = pseudo_masks(teacher, train.images, train.labels, grid=grid,
-                             percentile=cfg.train.pseudo_percentile, negatives=cfg.train.negative_pseudo,
-                             target=cfg.train.pseudo_target, precision=cfg.train.precision, progress=progress)
+    masks = SOURCES[source].make(cfg, teacher, train, grid, progress)
     save_torch(path, {"paths": train.paths, "masks": masks, "source": source, "alignment": MAP_ALIGNMENT,
                       "target": cfg.train.pseudo_target, "origin": origin})
     if keyed is not None:
@@ -318,7 +278,7 @@ def _train_pipeline(cfg: RunConfig, out: Path, splits: dict[str, DecodedSplit], 
         return out / "model.pt"
     source, grid = student_pseudo(cfg, built[1].model)
     teacher = None
-    if source != "refined":  # stage 2 learns from the stage-1 model file (model.init_from), not a teacher
+    if source is None or SOURCES[source].needs_teacher:  # stage 2 learns from model.init_from instead
         teacher = train_teacher(cfg, shared, splits, progress=progress,
                                 model=built[0].resume_rng(cfg.train.seed), ranks=ranks)
         if shared != out and ranks.is_zero:
