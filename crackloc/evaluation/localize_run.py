@@ -202,7 +202,8 @@ def _score_all(predictor: Predictor, ds: MaskDataset, dev_stems: list[str], test
         for _ in score_images(predictor, ds, dev_stems, [sc.dev, sc.pxap_all], failed=sc.failed, bar=bar):
             pass
         if int(sc.dev.n_gt) == 0:
-            failed = "; ".join(f"{Path(f['path']).name}: {f['reason']}" for f in sc.failed[:3]) \
+            failed = "; ".join(f"{Path(f['path']).name}: {f['reason'].removeprefix(f['path'] + ': ')}"
+                               for f in sc.failed[:3]) \
                 + ("; …" if len(sc.failed) > 3 else "")
             raise CracklocError(f"{ds.root}: no usable dev image with crack pixels to pick a threshold ("
                                 + (f"{len(sc.failed)} image(s) failed: {failed}" if sc.failed

@@ -363,16 +363,16 @@ def predict_files_ray(checkpoint: str | Path | None, cfg: InferenceConfig, input
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out):
         plan, failed = plan_inputs(inputs, out)
-        started = False
+        started, pool = False, None
         try:
             if plan:  # the cluster and its resources are checked before anything in `out` is touched
                 started = _start_ray(ray, address, log)
-                workers, cpus, gpus = _pool(ray, workers, cpus_per_worker, gpus_per_worker, local=address is None)
+                pool = _pool(ray, workers, cpus_per_worker, gpus_per_worker, local=address is None)
             report, todo = start_run(out, plan, failed, resume=resume or resume_mixed, log=log, save=save,
                                      made=made, overwrite=overwrite, mixed=resume_mixed)
             _run(ray, checkpoint, cfg, todo, out, report, geometry=geometry, mm_per_px=mm_per_px,
-                 max_pixels=max_pixels, save=save, pool=(workers, cpus, gpus) if plan else None,
-                 threshold=threshold, cache_dir=cache_dir, progress=progress, log=log)
+                 max_pixels=max_pixels, save=save, pool=pool, threshold=threshold, cache_dir=cache_dir,
+                 progress=progress, log=log)
         finally:
             if started:
                 with suppress(Exception):

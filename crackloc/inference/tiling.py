@@ -179,7 +179,7 @@ def _run_tiles(model: nn.Module, padded: torch.Tensor, corners: list[tuple[int, 
         if heat.shape != (len(chunk), 1, tile, tile):
             raise RuntimeError(f"model returned heatmap {tuple(heat.shape)} for {len(chunk)} tiles "
                                f"of {tile}x{tile}")
-        flat = batch.float().mean(1).flatten(1).std(1) < FLAT_STD  # [b] no evidence: probability and map 0
+        flat = batch.mean(1).flatten(1).std(1) < FLAT_STD  # [b] no evidence: probability and map 0
         p = torch.sigmoid(logits.float().reshape(len(chunk))).masked_fill(flat, 0.0)  # [b]
         heat = heat.float()[:, 0].clamp(0.0, 1.0).masked_fill(flat.view(-1, 1, 1), 0.0)  # [b,t,t]
         if gate:

@@ -72,10 +72,11 @@ def folder_photos(folder: str | Path, *, root: str | Path, exclude: str | Path |
     folder, root = Path(folder), Path(root).resolve()
     if not folder.is_dir():
         raise CracklocError(f"{folder}: no such folder")
+    entries = sorted(folder.rglob("*"))  # one walk of the tree: output folders first, then the photos
     skip = [Path(exclude).resolve()] if exclude is not None else []
-    skip += [p.parent.resolve() for p in folder.rglob("predictions.jsonl") if p.is_file()]
+    skip += [p.parent.resolve() for p in entries if p.name == "predictions.jsonl" and p.is_file()]
     found = []
-    for p in sorted(folder.rglob("*")):
+    for p in entries:
         if p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():
             continue
         real = p.resolve()
