@@ -25,7 +25,8 @@ except ImportError:  # Windows: no advisory lock (one writer per folder is then 
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = ".crackloc.lock"
-RESULT_FILES = ("predictions.jsonl", "failed.jsonl", "summary.parquet")  # what a run writes besides PNGs
+RECORDS = "predictions.jsonl"  # one JSON line per finished image; a folder holding it is an output folder
+RESULT_FILES = (RECORDS, "failed.jsonl", "summary.parquet")  # what a run writes besides PNGs
 
 
 @contextmanager

@@ -27,6 +27,7 @@ from crackloc.inference.batch import (
     safe_stem,
     write_pngs,
 )
+from crackloc.inference.outdir import RECORDS
 from crackloc.io import (
     IMAGE_EXTENSIONS,
     failure_reason,
@@ -74,7 +75,7 @@ def folder_photos(folder: str | Path, *, root: str | Path, exclude: str | Path |
         raise CracklocError(f"{folder}: no such folder")
     entries = sorted(folder.rglob("*"))  # one walk of the tree: output folders first, then the photos
     skip = [Path(exclude).resolve()] if exclude is not None else []
-    skip += [p.parent.resolve() for p in entries if p.name == "predictions.jsonl" and p.is_file()]
+    skip += [p.parent.resolve() for p in entries if p.name == RECORDS and p.is_file()]
     found = []
     for p in entries:
         if p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():
