@@ -43,7 +43,7 @@ import torch
 
 from benchmarks.bench_photo import make_photo
 from benchmarks.common import cpu_model, table
-from crackloc.inference.batch import read_records
+from crackloc.inference.outputs import read_records
 from crackloc.inference.predictor import ASSETS
 
 

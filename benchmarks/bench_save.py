@@ -14,7 +14,8 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import cpu_model, interleaved, table
-from crackloc.inference.batch import SAVE_KINDS, predict_files
+from crackloc.inference.batch import predict_files
+from crackloc.inference.outputs import SAVE_KINDS
 from crackloc.inference.predictor import ASSETS, Predictor
 
 

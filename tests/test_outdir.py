@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from crackloc.cli import main
-from crackloc.inference.batch import read_records
 from crackloc.inference.outdir import output_lock
+from crackloc.inference.outputs import read_records
 from crackloc.io import save_png
 from tests.helpers import start_held, wait_held
 
@@ -118,7 +118,7 @@ def test_two_runs_into_one_folder_lose_nothing_and_a_killed_runs_lock_is_taken_o
     """Run A holds (after its first image) in a subprocess; run B is refused; A is killed; C takes over."""
     out, marker = tmp_path / "out", tmp_path / "held"
     argv = ["predict", photos / "a", "--out", out, "--checkpoint", model_file, "--tile", "64"]
-    proc = start_held(argv, at="crackloc.inference.batch:_commit", call=2, marker=marker,
+    proc = start_held(argv, at="crackloc.inference.outputs:OutputFolder.commit", call=2, marker=marker,
                       env={"OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_held(proc, marker)

@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 
 from crackloc.cli import main
-from crackloc.inference import batch
-from crackloc.inference.batch import RecordWriter, read_records
+from crackloc.inference import batch, outputs
+from crackloc.inference.outputs import RecordWriter, read_records
 from crackloc.io import atomic_write, save_png
 from tests.helpers import start_held, wait_held
 
@@ -197,7 +197,7 @@ def _disk_full_on_call(n: int, monkeypatch) -> list[Path]:
             return atomic_write(path, failing_write)  # the real temp-file path, failing mid-write
         return save_png(path, array)
 
-    monkeypatch.setattr(batch, "save_png", save)
+    monkeypatch.setattr(outputs, "save_png", save)
     return calls
 
 
@@ -213,7 +213,7 @@ def test_disk_full_stops_keeps_finished_images_and_resume_finishes(photos, model
     assert calls[-1].name == "img04_overlay.png"
     records = _assert_complete(out)  # also: no temp file, no half PNG, no PNG of the failed image
     assert [Path(r["path"]).name for r in records] == [f"img{i:02d}.png" for i in range(4)]
-    monkeypatch.setattr(batch, "save_png", save_png)
+    monkeypatch.setattr(outputs, "save_png", save_png)
     assert _predict(photos, "--out", out, "--checkpoint", model_file, "--resume") == 0
     _assert_complete(out, _all_photos(photos))
 
@@ -271,7 +271,7 @@ def test_record_writer_appends_durable_lines_and_reader_skips_a_torn_one(tmp_pat
 
 
 
-def test_ctrl_c_during_the_record_append_lands_after_the_record_is_whole(tmp_path):
+def test_ctrl_c_during_the_record_append_lands_after_the_record_is_whole(tmp_path, monkeypatch):
     class InterruptedWriter(RecordWriter):
         def append(self, record: dict) -> None:
             os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives while the line is being written
@@ -280,8 +280,11 @@ def test_ctrl_c_during_the_record_append_lands_after_the_record_is_whole(tmp_pat
     pngs = {"a_heatmap.png": _image(0)[..., 0], "a_overlay.png": _image(0), "a_color.png": _image(1)}
     rec = {"path": "a.png", "width": 40, "height": 40, **{f"{k.split('_')[1][:-4]}_png": k for k in pngs}}
     done: list[dict] = []
-    with InterruptedWriter(tmp_path / "predictions.jsonl") as writer, pytest.raises(KeyboardInterrupt):
-        batch._commit(tmp_path, rec, pngs, writer, done=done.append)
+    monkeypatch.setattr(outputs, "RecordWriter", InterruptedWriter)
+    folder = outputs.OutputFolder(tmp_path, outputs.Outputs(), on_record=done.append)
+    with folder.writing(), pytest.raises(KeyboardInterrupt):
+        outputs.write_pngs(tmp_path, pngs)
+        folder.commit_written(rec)
     assert _assert_complete(tmp_path, {"a.png"}) == done == [rec]  # on disk and counted
 
 # 6. out of memory: a readable size and what to do

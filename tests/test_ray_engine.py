@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from crackloc.cli import main
-from crackloc.inference.batch import read_records
+from crackloc.inference.outputs import read_records
 from crackloc.io import save_png
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray Data's own
@@ -134,6 +134,36 @@ def test_ray_equals_local_and_reports_the_bad_file(ray_out, photos, model_file, 
     assert left == {rec[k] for rec in want.values() for k in ("heatmap_png", "overlay_png", "color_png")}
 
 
+def test_the_three_engines_write_byte_identical_files(ray_out, photos, model_file, tmp_path):
+    """One output writer: `predict` (local), `--engine ray` and the viewer's folder job give the same
+    records and byte-identical PNGs for the same photos, model and settings."""
+    from crackloc.config import InferenceConfig
+    from crackloc.viewer.folders import FolderJob
+    from crackloc.viewer.mapper import PhotoMapper
+
+    local, viewer = tmp_path / "local", tmp_path / "viewer"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each of the 2 Ray workers on 2 CPUs (fp32 sums round by thread count)
+    try:
+        assert main(_argv(photos, local, model_file)) == 1  # bad.jpg
+        job = FolderJob(PhotoMapper(model_file, InferenceConfig(tile=64)), photos, viewer, root=photos).start()
+        assert job.wait(timeout=300) and job.error is None
+    finally:
+        torch.set_num_threads(threads)
+    by_engine = {out: _by_path(out) for out in (local, ray_out, viewer)}
+    want = by_engine[local]
+    assert len(want) == N_IMAGES
+    for out, got in by_engine.items():
+        assert set(got) == set(want), out
+        for path, rec in want.items():
+            assert list(got[path]) == list(rec), (out, path)  # the same keys in the same order
+            assert {k: v for k, v in got[path].items() if k != "crack_probability"} == \
+                {k: v for k, v in rec.items() if k != "crack_probability"}, (out, path)
+            assert got[path]["crack_probability"] == pytest.approx(rec["crack_probability"], abs=1e-4)
+            for key in ("heatmap_png", "overlay_png", "color_png"):
+                assert (out / rec[key]).read_bytes() == (local / rec[key]).read_bytes(), (out, rec[key])
+
+
 def test_resume_redoes_only_the_images_without_complete_outputs(ray_out, photos, model_file, tmp_path,
                                                                 capsys):
     out = tmp_path / "out"
@@ -204,11 +234,11 @@ def test_object_store_listing_and_download_through_pyarrow(photos, tmp_path):
                                                                     "no such object or prefix")])
     assert ray_engine.object_uri("s3://b/pre/?region=eu-west-1", "b/pre", "b/pre/x/y.jpg") == \
         "s3://b/pre/x/y.jpg?region=eu-west-1"
-    got = ray_engine.PhotoWorker._download(f"file://{photos}/img0.png")  # what an actor does with a URI
+    got = ray_engine.download(f"file://{photos}/img0.png")  # what an actor does with a URI
     assert got.read_bytes() == (photos / "img0.png").read_bytes()
     got.unlink()
     with pytest.raises(ray_engine.CracklocError, match="no such object"):
-        ray_engine.PhotoWorker._download(f"file://{photos}/missing.png")
+        ray_engine.download(f"file://{photos}/missing.png")
 
 
 def test_save_mask_writes_only_the_heatmap_pngs_as_the_local_engine(local_ray, photos, model_file, tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from crackloc.cli import main
-from crackloc.inference.batch import read_records
+from crackloc.inference.outputs import read_records
 from crackloc.io import save_png
 
 PNG_KEYS = ("heatmap_png", "overlay_png", "color_png")

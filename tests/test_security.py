@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from crackloc.cli import main
-from crackloc.inference.batch import safe_stem
+from crackloc.inference.outputs import safe_stem
 
 
 class _Exploit:

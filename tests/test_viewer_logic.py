@@ -21,6 +21,7 @@ from PIL import Image
 from crackloc.config import InferenceConfig
 from crackloc.errors import CracklocError
 from crackloc.inference.batch import predict_files
+from crackloc.inference.outputs import read_records
 from crackloc.inference.predictor import Predictor
 from crackloc.viewer import logic
 from crackloc.viewer import mapper as mapper_module
@@ -31,8 +32,6 @@ from crackloc.viewer.logic import (
     export_files,
     measure,
     parse_mm_per_px,
-    predict_images,
-    predict_record,
     read_crack_csv,
     render_view,
     table_rows,
@@ -146,20 +145,24 @@ def test_csv_rows_equal_the_geometry():
     assert read_crack_csv(crack_csv(no_scale)) == no_scale.to_dict()["cracks"]
 
 
-def test_record_and_pngs_are_what_predict_writes(tmp_path):
-    """predict_record/predict_images give predict's JSON line and PNGs for the same photo and settings."""
-    photo_path = photo_file(tmp_path / "wall.png")
+def test_the_folder_job_writes_the_very_files_predict_writes(tmp_path):
+    """One output writer: the viewer's folder job and `predict` give equal records and byte-identical PNGs."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    photo_file(root / "wall.png")
+    photo_file(root / "slab.jpg", size=(140, 130))
     mapper = fake_mapper()
-    out = tmp_path / "predict"
-    report = predict_files(mapper.predictor(mapper.base_cfg), [photo_path], out, geometry=True, mm_per_px=0.3,
-                           progress=False)
-    theirs = report.records[0]
-    photo = mapper.map_photo(photo_path, name=str(photo_path))
-    ours = predict_record(str(photo_path), photo, "wall", with_scale(mapper.report(photo, 0.5), 0.3))
-    assert list(ours) == list(theirs) and ours == theirs
-    images = predict_images(photo, with_scale(mapper.report(photo, 0.5), 0.3))
-    for key in ("heatmap_png", "overlay_png", "color_png"):
-        assert np.array_equal(np.asarray(Image.open(out / theirs[key])), images[key]), key
+    job = FolderJob(mapper, root, tmp_path / "viewer", root=root, mm_per_px=0.3).start()
+    assert job.wait(timeout=60) and job.error is None
+    photos = sorted(p.resolve() for p in root.iterdir())
+    predict_files(mapper.predictor(mapper.base_cfg), photos, tmp_path / "predict", geometry=True, mm_per_px=0.3,
+                  progress=False)
+    ours, theirs = (read_records(tmp_path / d / "predictions.jsonl") for d in ("viewer", "predict"))
+    assert sorted(ours, key=lambda r: r["path"]) == sorted(theirs, key=lambda r: r["path"])
+    assert len(ours) == 2 and all(list(r) == list(theirs[0]) for r in ours)  # same keys in the same order
+    for rec in theirs:
+        for key in ("heatmap_png", "overlay_png", "color_png"):
+            assert (tmp_path / "viewer" / rec[key]).read_bytes() == (tmp_path / "predict" / rec[key]).read_bytes()
 
 
 def test_export_files_hold_predicts_line_the_mask_and_the_csv(tmp_path):

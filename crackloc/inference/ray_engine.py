@@ -2,10 +2,9 @@
 
 The same outputs as the local engine (`crackloc.inference.batch`): per image the three PNGs
 and one line of `predictions.jsonl`, plus `failed.jsonl` and a Parquet summary
-`summary.parquet` (one row per image). The pieces are the local engine's own: output names
-(`plan_outputs`), the resume rule (`start_run`), one image's prediction (`predict_one`, one
-`Predictor` per actor), atomic PNG writes (`write_pngs`) and the durable record append
-(`commit_record` on one `RecordWriter`).
+`summary.parquet` (one row per image). It writes through the same `OutputFolder`
+(`crackloc.inference.outputs`: output names, the resume rule, the record commit), and each actor
+maps with the local engine's `FileMapper` and renders with the same `image_outputs`.
 
 The pipeline: the driver lists the inputs (folders, files, `s3://`/`gs://`/… URIs read with
 pyarrow's filesystems) and names the outputs; Ray Data carries only (path, output stem) rows to
@@ -38,23 +37,18 @@ import numpy as np
 
 from crackloc.config import InferenceConfig
 from crackloc.errors import CracklocError
-from crackloc.inference.batch import (
-    BatchInterrupted,
+from crackloc.inference.batch import BatchInterrupted, FileMapper, expand_inputs
+from crackloc.inference.outdir import output_lock
+from crackloc.inference.outputs import (
     BatchReport,
-    RecordWriter,
-    commit_record,
-    expand_inputs,
-    made_by,
+    OutputFolder,
+    Outputs,
+    image_outputs,
     plan_outputs,
     png_names,
-    predict_one,
     safe_stem,
-    save_failed,
-    start_run,
-    write_error,
     write_pngs,
 )
-from crackloc.inference.outdir import output_lock
 from crackloc.io import IMAGE_EXTENSIONS, atomic_write, failure_reason
 
 RAY_REQUIREMENT = "ray[data]>=2.10"  # from_items(override_num_blocks=…)
@@ -154,70 +148,70 @@ def plan_inputs(inputs: list[str | Path], out: Path
 
 
 @dataclasses.dataclass
-class WorkerSpec:
-    """What each actor needs to build its `Predictor` and write its outputs (small, picklable)."""
+class ActorMapper:
+    """`make_mapper` of the Ray engine: builds each actor's `FileMapper` (small and picklable; the
+    model file's bytes come once through the object store)."""
 
-    model_path: str  # the driver's model file (named in messages; its bytes come by the object store)
+    model_path: str  # the driver's model file (named in messages)
+    model_ref: list  # [ObjectRef of its bytes]
     cfg: InferenceConfig
     threshold: float
-    out: str
-    geometry: bool
-    mm_per_px: float | None
     max_pixels: int | None
+    line_guide: bool
     cache_dir: str | None
     threads: int
-    save: str = "all"
+
+    def __call__(self) -> FileMapper:
+        import ray
+        import torch
+
+        from crackloc.inference.predictor import Predictor
+
+        torch.set_num_threads(max(1, self.threads))
+        with tempfile.TemporaryDirectory(prefix="crackloc-ray-") as tmp:  # the model is read once, here
+            checkpoint = Path(tmp) / Path(self.model_path).name
+            checkpoint.write_bytes(ray.get(self.model_ref[0]))
+            predictor = Predictor(checkpoint, self.cfg, threshold=self.threshold, cache_dir=self.cache_dir)
+        predictor.checkpoint = Path(self.model_path)  # errors name the user's model file
+        return FileMapper(predictor, max_pixels=self.max_pixels, line_guide=self.line_guide)
+
+
+def download(uri: str) -> Path:
+    """Copy an object to a local temp file (decoded there like any local file; the caller deletes it)."""
+    filesystem, path = _filesystem(uri)
+    fd, name = tempfile.mkstemp(prefix="crackloc-ray-", suffix=PurePosixPath(urlparse(uri).path).suffix.lower())
+    try:
+        with filesystem.open_input_stream(path) as src, os.fdopen(fd, "wb") as dst:
+            shutil.copyfileobj(src, dst, 8 << 20)
+    except BaseException as exc:
+        Path(name).unlink(missing_ok=True)
+        if isinstance(exc, FileNotFoundError):
+            raise CracklocError(f"{uri}: no such object") from None
+        if isinstance(exc, OSError):
+            raise CracklocError(f"{uri}: cannot read ({' '.join(str(exc).split())[:160]})") from None
+        raise
+    return Path(name)
 
 
 class PhotoWorker:
-    """One actor of the pool: one `Predictor`; decodes, tiles, predicts and writes each photo.
+    """One actor of the pool: one mapper; decodes, tiles, predicts and writes each photo's PNGs.
 
     `__call__` takes a batch of rows {path, stem} and returns one row per image: the record
     (JSON text) or the reason it failed; a failed write (disk full) is returned as its errno so
     the driver stops the run as the local engine does.
     """
 
-    def __init__(self, spec: WorkerSpec, model_ref: list) -> None:
-        import ray
-        import torch
-
-        from crackloc.inference.predictor import Predictor
-
-        torch.set_num_threads(max(1, spec.threads))
-        self.spec, self.out = spec, Path(spec.out)
-        with tempfile.TemporaryDirectory(prefix="crackloc-ray-") as tmp:  # the model is read once, here
-            checkpoint = Path(tmp) / Path(spec.model_path).name
-            checkpoint.write_bytes(ray.get(model_ref[0]))
-            self.predictor = Predictor(checkpoint, spec.cfg, threshold=spec.threshold, cache_dir=spec.cache_dir)
-        self.predictor.checkpoint = Path(spec.model_path)  # errors name the user's model file
-        self.load_kwargs = {"max_pixels": spec.max_pixels} if spec.max_pixels else {}
-
-    @staticmethod
-    def _download(uri: str) -> Path:
-        """Copy an object to a local temp file (decoded there like any local file; the caller deletes it)."""
-        filesystem, path = _filesystem(uri)
-        fd, name = tempfile.mkstemp(prefix="crackloc-ray-", suffix=PurePosixPath(urlparse(uri).path).suffix.lower())
-        try:
-            with filesystem.open_input_stream(path) as src, os.fdopen(fd, "wb") as dst:
-                shutil.copyfileobj(src, dst, 8 << 20)
-        except BaseException as exc:
-            Path(name).unlink(missing_ok=True)
-            if isinstance(exc, FileNotFoundError):
-                raise CracklocError(f"{uri}: no such object") from None
-            if isinstance(exc, OSError):
-                raise CracklocError(f"{uri}: cannot read ({' '.join(str(exc).split())[:160]})") from None
-            raise
-        return Path(name)
+    def __init__(self, make_mapper: ActorMapper, out: str, outputs: Outputs) -> None:
+        self.map_one, self.out, self.outputs = make_mapper(), Path(out), outputs
 
     def _one(self, key: str, stem: str) -> dict[str, Any]:
-        spec, source = self.spec, None
+        source = None
         row: dict[str, Any] = {"path": key, "record": "", "error": "", "write_errno": 0, "write_error": ""}
         try:
             if is_uri(key):
-                source = self._download(key)
-            rec, pngs = predict_one(self.predictor, key if is_uri(key) else Path(key), stem,
-                                    geometry=spec.geometry, mm_per_px=spec.mm_per_px,
-                                    load_kwargs=self.load_kwargs, source=source, save=spec.save)
+                source = download(key)
+            mapped = self.map_one(key if is_uri(key) else Path(key), source)
+            rec, pngs = image_outputs(mapped, self.outputs, path=key, stem=stem)
         except CracklocError as exc:
             row["error"] = failure_reason(exc, key)
             return row
@@ -354,59 +348,79 @@ def predict_files_ray(checkpoint: str | Path | None, cfg: InferenceConfig, input
                             "shares), not to an object-store URI")
     ray = _import_ray()
     out, log = Path(out), log or (lambda message: None)
-    geometry = geometry or mm_per_px is not None
+    outputs = Outputs(save=save, geometry=geometry or mm_per_px is not None, mm_per_px=mm_per_px)
     checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()
     probe = Predictor(checkpoint, dataclasses.replace(cfg, backend="torch", compile=False, device="cpu"),
                       threshold=threshold)  # a bad model file fails here, in one line, before Ray starts
-    threshold, made = probe.threshold, made_by(probe, geometry=geometry, mm_per_px=mm_per_px)
+    threshold, made = probe.threshold, outputs.made_by(probe)
     del probe
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out):
         plan, failed = plan_inputs(inputs, out)
-        started, pool = False, None
+        started, folder, pool = False, OutputFolder(out, outputs), None
         try:
             if plan:  # the cluster and its resources are checked before anything in `out` is touched
                 started = _start_ray(ray, address, log)
                 pool = _pool(ray, workers, cpus_per_worker, gpus_per_worker, local=address is None)
-            report, todo = start_run(out, plan, failed, resume=resume or resume_mixed, log=log, save=save,
-                                     made=made, overwrite=overwrite, mixed=resume_mixed)
-            _run(ray, checkpoint, cfg, todo, out, report, geometry=geometry, mm_per_px=mm_per_px,
-                 max_pixels=max_pixels, save=save, pool=pool, threshold=threshold, cache_dir=cache_dir,
-                 progress=progress, log=log)
+            todo = folder.begin(plan, failed, resume=resume or resume_mixed, log=log, made=made,
+                                overwrite=overwrite, mixed=resume_mixed)
+            make_mapper = ActorMapper(
+                model_path=str(checkpoint), model_ref=[ray.put(checkpoint.read_bytes())] if todo else [],
+                cfg=dataclasses.replace(cfg, device="cuda") if pool and pool[2] else cfg, threshold=threshold,
+                max_pixels=max_pixels, line_guide=outputs.line_guide,
+                cache_dir=str(cache_dir) if cache_dir else None, threads=max(1, int(pool[1])) if pool else 1)
+            _run(todo, make_mapper, folder, pool=pool, progress=progress, log=log)
         finally:
             if started:
                 with suppress(Exception):
                     ray.shutdown()
-    return report
+    return folder.report
 
 
-def _run(ray, checkpoint: Path, cfg: InferenceConfig, todo: list[tuple[Path | str, str]], out: Path,
-         report: BatchReport, *, geometry: bool, pool: tuple | None, **options) -> None:
+def _pool(ray, workers: int | None, cpus: float | None, gpus: float | None, *, local: bool
+          ) -> tuple[int, float, float]:
+    """The actor pool's (workers, CPUs and GPUs per worker), checked against the cluster's resources."""
+    if workers is None:
+        workers = max(1, int(ray.cluster_resources().get("GPU", 0))) if gpus is None or gpus else 1
+    cpus, gpus = _resources(ray, workers, cpus, gpus, local=local)
+    return workers, cpus, gpus
+
+
+def _run(todo: list[tuple[Path | str, str]], make_mapper: ActorMapper, folder: OutputFolder, *,
+         pool: tuple[int, float, float] | None, progress: bool, log: Callable[[str], None]) -> None:
     """Run `todo` on the pool, then write failed.jsonl and the summary; a stopped run keeps what is done."""
-    total, completed = report.resumed + len(todo), False
+    total, geometry = folder.report.resumed + len(todo), folder.outputs.geometry
     try:
         if todo:
-            _run_pipeline(ray, checkpoint, cfg, todo, out, report, total=total, geometry=geometry, pool=pool,
-                          **options)
-        completed = True
+            workers, cpus, gpus = pool
+            log(f"ray: {len(todo)} image(s) on {workers} worker(s), {cpus:g} CPU(s)"
+                f"{f' and {gpus:g} GPU(s)' if gpus else ''} each")
+            run_ray(todo, make_mapper, folder, pool=pool, progress=progress)
     except KeyboardInterrupt:
-        _finish(out, report, geometry)
-        raise BatchInterrupted(len(report.records), total) from None
+        _finish(folder, geometry)
+        raise BatchInterrupted(len(folder.report.records), total) from None
     except BaseException:
-        _finish(out, report, geometry)
+        _finish(folder, geometry)
         raise
     finally:
         if todo:  # no worker writes any more: clear what stopped ones left
-            _drop_unrecorded(out, todo, report)
-    if completed:
-        save_failed(out, report.failed)
-        write_summary(out, report, geometry=geometry)
+            _drop_unrecorded(folder, todo)
+    folder.finish()
+    write_summary(folder.out, folder.report, geometry=geometry)
 
 
-def _drop_unrecorded(out: Path, todo: list[tuple[Path | str, str]], report: BatchReport) -> None:
+def _finish(folder: OutputFolder, geometry: bool) -> None:
+    """Best effort on the way out of a stopped run: failed.jsonl and the summary of what is done."""
+    with suppress(Exception):
+        folder.finish()
+    with suppress(Exception):
+        write_summary(folder.out, folder.report, geometry=geometry)
+
+
+def _drop_unrecorded(folder: OutputFolder, todo: list[tuple[Path | str, str]]) -> None:
     """Remove what workers that were stopped mid-image left in `out`: the PNGs of `todo` images
     without a record, and the temp files of interrupted atomic writes (`.NAME.XXXX.tmp`)."""
-    done = {r["path"] for r in report.records}
+    out, done = folder.out, {r["path"] for r in folder.report.records}
     names = {name for _, stem in todo for name in png_names(stem).values()}
     for path, stem in todo:
         if str(path) not in done:
@@ -421,48 +435,27 @@ def _drop_unrecorded(out: Path, todo: list[tuple[Path | str, str]], report: Batc
                     os.unlink(entry.path)
 
 
-def _finish(out: Path, report: BatchReport, geometry: bool) -> None:
-    """Best effort on the way out of a stopped run: failed.jsonl and the summary of what is done."""
-    with suppress(Exception):
-        save_failed(out, report.failed)
-    with suppress(Exception):
-        write_summary(out, report, geometry=geometry)
+def run_ray(todo: list[tuple[Path | str, str]], make_mapper: ActorMapper, folder: OutputFolder, *,
+            pool: tuple[int, float, float], progress: bool = True) -> None:
+    """The Ray engine: stream `todo` through an actor pool (each actor runs `make_mapper()` once)
+    and commit each record as it arrives."""
+    import ray
 
-
-def _pool(ray, workers: int | None, cpus: float | None, gpus: float | None, *, local: bool
-          ) -> tuple[int, float, float]:
-    """The actor pool's (workers, CPUs and GPUs per worker), checked against the cluster's resources."""
-    if workers is None:
-        workers = max(1, int(ray.cluster_resources().get("GPU", 0))) if gpus is None or gpus else 1
-    cpus, gpus = _resources(ray, workers, cpus, gpus, local=local)
-    return workers, cpus, gpus
-
-
-def _run_pipeline(ray, checkpoint: Path, cfg: InferenceConfig, todo: list[tuple[Path | str, str]], out: Path,
-                  report: BatchReport, *, total: int, geometry: bool, mm_per_px: float | None,
-                  max_pixels: int | None, save: str, pool: tuple[int, float, float], threshold: float,
-                  cache_dir: str | Path | None, progress: bool, log: Callable[[str], None]) -> None:
-    """Stream `todo` through the actor pool and commit each record as it arrives."""
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     workers, cpus, gpus = pool
-    spec = WorkerSpec(model_path=str(checkpoint),
-                      cfg=dataclasses.replace(cfg, device="cuda") if gpus else cfg, threshold=threshold,
-                      out=str(out.resolve()), geometry=geometry, mm_per_px=mm_per_px,
-                      max_pixels=max_pixels, cache_dir=str(cache_dir) if cache_dir else None,
-                      threads=max(1, int(cpus)), save=save)
-    model_ref = ray.put(checkpoint.read_bytes())
-    log(f"ray: {len(todo)} image(s) on {workers} worker(s), {cpus:g} CPU(s)"
-        f"{f' and {gpus:g} GPU(s)' if gpus else ''} each")
     items = [{"path": str(p), "stem": stem} for p, stem in todo]
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS))
-    ds = ds.map_batches(PhotoWorker, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
-                        fn_constructor_args=(spec, [model_ref]), num_cpus=cpus, num_gpus=gpus)
+    ds = ds.map_batches(PhotoWorker, batch_size=1, batch_format="numpy",
+                        compute=ray.data.ActorPoolStrategy(size=workers),
+                        fn_constructor_args=(make_mapper, str(folder.out.resolve()), folder.outputs),
+                        num_cpus=cpus, num_gpus=gpus)
+    report, total = folder.report, folder.report.resumed + len(todo)
     done = {r["path"] for r in report.records} | {p for p, _ in report.failed}
-    with RecordWriter(out / "predictions.jsonl") as writer:
+    with folder.writing():
         try:
             for row in ds.iter_rows():
-                _take(row, out, report, writer, done, total=total)
+                _take(row, folder, done, total=total)
         except (CracklocError, KeyboardInterrupt):
             raise
         except Exception as exc:  # the pipeline itself failed (an actor that cannot start, a lost cluster)
@@ -472,24 +465,22 @@ def _run_pipeline(ray, checkpoint: Path, cfg: InferenceConfig, todo: list[tuple[
                                 "same command with --resume to finish") from None
 
 
-def _take(row: dict, out: Path, report: BatchReport, writer: RecordWriter, done: set[str], *,
-          total: int) -> None:
+def _take(row: dict, folder: OutputFolder, done: set[str], *, total: int) -> None:
     """Commit one worker row: its record (PNGs already on disk), its failure, or a write error."""
     path = str(row["path"])
     if path in done:  # a retried image (its actor died after sending the row): already taken
         return
     if int(row["write_errno"]):
-        raise write_error(OSError(int(row["write_errno"]), str(row["write_error"])), out, path,
-                          len(report.records), total)
+        raise folder.write_failed(OSError(int(row["write_errno"]), str(row["write_error"])), path, total)
     if row["error"]:
-        report.failed.append((path, str(row["error"])))
+        folder.fail(path, str(row["error"]))
         done.add(path)
         return
     rec = json.loads(row["record"])
-    files = [rec[k] for k in png_names("") if k in rec]  # those its --save asked for
-    missing = [f for f in files if not (out / f).is_file()]
+    missing = [rec[k] for k in png_names("") if k in rec and not (folder.out / rec[k]).is_file()]
     if missing:
-        raise CracklocError(f"{out}: a worker wrote {missing[0]} where this machine cannot see it: on a cluster, "
-                            "--out must be a folder every node shares (NFS, EFS, a PVC mounted on every pod)")
-    commit_record(out, rec, files, writer, done=report.records.append)
+        raise CracklocError(f"{folder.out}: a worker wrote {missing[0]} where this "
+                            "machine cannot see it: on a cluster, --out must be a folder every node shares (NFS, "
+                            "EFS, a PVC mounted on every pod)")
+    folder.commit_written(rec)
     done.add(path)

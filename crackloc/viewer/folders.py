@@ -19,21 +19,14 @@ from PIL import Image
 
 from crackloc.config import InferenceConfig
 from crackloc.errors import CracklocError
-from crackloc.inference.batch import (
-    RecordWriter,
-    commit_record,
-    png_names,
-    read_records,
-    safe_stem,
-    write_pngs,
-)
+from crackloc.inference.batch import run_local
 from crackloc.inference.outdir import RECORDS
+from crackloc.inference.outputs import OutputFolder, Outputs, png_names, read_records, safe_stem
 from crackloc.io import (
     IMAGE_EXTENSIONS,
-    failure_reason,
     file_digest,
 )
-from crackloc.viewer.logic import MAP_THRESHOLD, measure, predict_images, predict_record
+from crackloc.viewer.logic import MappedPhoto
 from crackloc.viewer.mapper import PhotoMapper
 
 log = logging.getLogger(__name__)
@@ -115,7 +108,7 @@ def existing_results(out: str | Path, photos: list[Path], folder: str | Path) ->
     by_rel = {p.resolve().relative_to(folder).as_posix(): p for p in photos
               if p.resolve().is_relative_to(folder)}
     found: dict[Path, dict] = {}
-    for rec in read_records(out / "predictions.jsonl"):
+    for rec in read_records(out / RECORDS):
         path, prob = rec.get("path"), rec.get("crack_probability")
         if not isinstance(path, str) or isinstance(prob, bool) or not isinstance(prob, int | float):
             continue
@@ -213,39 +206,32 @@ class FolderJob:
         return not self.running
 
     def _run(self) -> None:
+        todo_items = {str(it.photo): it for it in self.items if it.record is None and it.error is None}
+        folder = OutputFolder(self.out, Outputs(geometry=True, mm_per_px=self.mm_per_px),
+                              on_record=lambda rec: setattr(todo_items[rec["path"]], "record", rec),
+                              on_failure=lambda path, reason: setattr(todo_items[path], "error", reason))
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             used = {p.name[: -len("_heatmap.png")].casefold() for p in self.out.glob("*_heatmap.png")}
-            _end_with_newline(self.out / "predictions.jsonl")
-            with RecordWriter(self.out / "predictions.jsonl") as writer:
-                for it in self.items:
-                    if self._stop.is_set():
-                        return
-                    if it.record is None and it.error is None:
-                        self._map_one(it, writer, used)
+            todo = [(it.photo, safe_stem(it.photo, used)) for it in todo_items.values()]
+            run_local(todo, lambda: self._map_one, folder, progress=False, stop=self._stop.is_set)
+        except CracklocError as exc:  # a write error (disk full) stops the job
+            self.error = str(exc)
         except OSError as exc:
             self.error = f"{self.out}: cannot write the maps ({' '.join(str(exc).split())})"
         except Exception as exc:  # never leave the thread with an unreported error
             log.exception("folder job failed")
             self.error = f"unexpected error ({type(exc).__name__}: {exc})"
 
-    def _map_one(self, it: FolderItem, writer: RecordWriter, used: set[str]) -> None:
+    def _map_one(self, photo: Path) -> MappedPhoto:
+        """Map one photo for the folder job (the local engine's mapper); any failure is a CracklocError."""
         try:
-            photo = self.mapper.map_photo(it.photo, self.cfg, name=str(it.photo), keep=False)
-            report = measure(photo.heatmap, MAP_THRESHOLD, mm_per_px=self.mm_per_px)
-            stem = safe_stem(it.photo, used)
-            rec = predict_record(str(it.photo), photo, stem, report)
-            images = predict_images(photo, report)
-            pngs = {name: images[key] for key, name in png_names(stem).items()}
-            write_pngs(self.out, pngs)  # as predict commits an image: PNGs, then its line (or none of them)
-            commit_record(self.out, rec, list(pngs), writer, done=lambda r: setattr(it, "record", r))
-        except CracklocError as exc:
-            it.error = failure_reason(exc, it.photo)
-        except OSError:
+            return self.mapper.map_photo(photo, self.cfg, name=str(photo), keep=False)
+        except CracklocError:
             raise
         except Exception as exc:
-            log.exception("mapping %s failed", it.photo)
-            it.error = f"unexpected error ({type(exc).__name__}: {exc})"
+            log.exception("mapping %s failed", photo)
+            raise CracklocError(f"{photo}: unexpected error ({type(exc).__name__}: {exc})") from None
 
     def ranked(self) -> list[FolderItem]:
         """Mapped photos by crack probability (highest first), then those still to do, then failures."""
@@ -273,15 +259,6 @@ class FolderJob:
 
 def _relative(p: Path, folder: Path) -> str:
     return p.relative_to(folder).as_posix() if p.is_relative_to(folder) else p.name
-
-
-def _end_with_newline(path: Path) -> None:
-    """Finish a torn last line of a JSON-lines file, so an appended record stays on its own line."""
-    if path.is_file() and path.stat().st_size:
-        with open(path, "rb+") as f:
-            f.seek(-1, 2)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
 
 
 def thumbnail(png: str | Path, side: int = THUMB_SIDE) -> np.ndarray:

@@ -2,8 +2,8 @@
 
 - `measure` (threshold → mask → `CrackReport`), `table_rows`, `crack_csv`, `render_view` and
   `summary` turn a mapped photo and the page's settings into what the page shows.
-- `predict_record` / `predict_images` build `predict`'s JSON line and PNGs (the same code
-  path as `crackloc.inference.batch`), and `export_files` writes them with the mask and CSV.
+- `export_files` writes `predict`'s JSON line and PNGs (`crackloc.inference.outputs.image_outputs`,
+  the one output writer) with the mask and the crack CSV.
 - Mapping photos with a cache: `crackloc.viewer.mapper.PhotoMapper`; folders (paths kept inside
   the served folder, `predict`'s results reused, the rest mapped): `crackloc.viewer.folders`.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,17 +23,11 @@ from PIL import Image, ImageDraw, ImageFont
 
 from crackloc.config import InferenceConfig, check_value
 from crackloc.errors import CracklocError
-from crackloc.inference.batch import (
-    png_names,
-    record_maker,
-    run_settings,
-    safe_stem,
-)
-from crackloc.inference.geometry import CrackReport, draw_geometry, measure_cracks
+from crackloc.inference.geometry import CrackReport, measure_cracks
+from crackloc.inference.outdir import RECORDS
+from crackloc.inference.outputs import Outputs, image_outputs, safe_stem, write_records
 from crackloc.inference.predictor import (
     colorize,
-    heatmap_stats,
-    overlay,
 )
 from crackloc.io import (
     save_png,
@@ -318,37 +311,7 @@ def render_view(photo: MappedPhoto, report: CrackReport, *, threshold: float, op
                 summary=summary(photo, report, threshold))
 
 
-# ---- predict's record and images -------------------------------------------------------------
-
-
-def predict_record(path: str, photo: MappedPhoto, stem: str, report: CrackReport | None, *,
-                   map_threshold: float = MAP_THRESHOLD) -> dict[str, Any]:
-    """The JSON line `crackloc predict` writes for this photo (`--geometry` when `report` is given).
-
-    Same keys, order and rounding as `crackloc.inference.batch`; the heatmap statistics use
-    `map_threshold` (predict's is 0.5, the value that makes the two identical).
-    """
-    rec: dict[str, Any] = {
-        "path": path, "sha256": photo.digest or None, "crack_probability": round(photo.probability, 5),
-        "crack": photo.crack,
-        "decision_threshold": photo.decision_threshold, "width": photo.width, "height": photo.height,
-        "n_tiles": photo.n_tiles, "scale": round(photo.scale, 4), "heatmap": heatmap_stats(photo.heatmap, threshold=map_threshold),
-        **run_settings(photo.cfg),
-        **record_maker(photo.model_id, photo.cfg, threshold=photo.decision_threshold, geometry=report is not None,
-                       mm_per_px=report.mm_per_px if report is not None else None)}
-    if report is not None:
-        rec["geometry"] = report.to_dict()
-    rec.update(png_names(stem))
-    return rec
-
-
-def predict_images(photo: MappedPhoto, report: CrackReport | None) -> dict[str, np.ndarray]:
-    """Record key → the PNG array `predict` writes for it: 8-bit heatmap, overlay (+ geometry), colour map."""
-    over = overlay(photo.image, photo.heatmap)
-    if report is not None:
-        over = draw_geometry(over, report)
-    return {"heatmap_png": (photo.heatmap.numpy() * 255).round().astype("uint8"), "overlay_png": over,
-            "color_png": colorize(photo.heatmap)}
+# ---- export --------------------------------------------------------------------------------
 
 
 def mask_png(heatmap: torch.Tensor | np.ndarray, threshold: float) -> np.ndarray:
@@ -364,12 +327,11 @@ def export_files(photo: MappedPhoto, report: CrackReport, folder: str | Path, *,
     """
     folder = Path(folder)
     stem = safe_stem(Path(photo.name), set())
-    rec = predict_record(photo.name, photo, stem, report, map_threshold=threshold)
-    images = predict_images(photo, report)
-    names = png_names(stem)
-    paths = [save_png(folder / names["overlay_png"], images["overlay_png"]),
+    outputs = Outputs(geometry=True, mm_per_px=report.mm_per_px, map_threshold=threshold)
+    rec, pngs = image_outputs(photo, outputs, path=photo.name, stem=stem)
+    paths = [save_png(folder / rec["overlay_png"], pngs[rec["overlay_png"]]),
              save_png(folder / f"{stem}_mask.png", mask_png(photo.heatmap, threshold)),
              write_text(folder / f"{stem}_cracks.csv", crack_csv(report)),
-             write_text(folder / "predictions.jsonl", json.dumps(rec) + "\n")]
-    paths += [save_png(folder / names[k], images[k]) for k in ("heatmap_png", "color_png")]
+             write_records(folder / RECORDS, [rec])]
+    paths += [save_png(folder / rec[k], pngs[rec[k]]) for k in ("heatmap_png", "color_png")]
     return paths
