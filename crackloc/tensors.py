@@ -49,11 +49,11 @@ def native_bf16(device: torch.device | str = "cpu") -> bool:
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
     if isa in _ISA_WITHOUT_BF16:
         return False
-    return _mkldnn_bf16()
+    return mkldnn_bf16()
 
 
 @functools.cache
-def _mkldnn_bf16() -> bool:
+def mkldnn_bf16() -> bool:
     """oneDNN's bf16 check (it honours ISA caps) and, on x86, the bf16 instructions themselves:
     oneDNN also says yes on AVX-512 CPUs without them (Skylake to Ice Lake), where bf16 is emulated."""
     ok = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -71,13 +71,13 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu", *, war
     if precision == "auto":
         return "bf16" if native_bf16(device) else "32"
     if precision == "bf16" and warn and not native_bf16(device):
-        _warn_once(f"crackloc: warning: --precision bf16 on a {torch.device(device).type.upper()} without native "
+        warn_once(f"crackloc: warning: --precision bf16 on a {torch.device(device).type.upper()} without native "
                    "bf16 is emulated, 10-30x slower than fp32; use --precision auto or 32")
     return precision
 
 
 @functools.cache
-def _warn_once(message: str) -> None:
+def warn_once(message: str) -> None:
     """Print `message` to stderr once per process (one line, not a Python warning with its source line)."""
     print(message, file=sys.stderr)
 

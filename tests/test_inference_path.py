@@ -160,8 +160,8 @@ def test_train_checks_the_split_once_and_builds_the_student_once(crack_folder, t
     checks, builds = [], []
     check = manifest.check_manifest
     monkeypatch.setattr(manifest, "check_manifest", lambda rows, **kw: checks.append(1) or check(rows, **kw))
-    builder = registry._REGISTRY["crackloc"]
-    monkeypatch.setitem(registry._REGISTRY, "crackloc", lambda cfg: builds.append(1) or builder(cfg))
+    builder = registry.MODELS["crackloc"]
+    monkeypatch.setitem(registry.MODELS, "crackloc", lambda cfg: builds.append(1) or builder(cfg))
     assert main(["train", "--data", str(crack_folder), "--preset", "tiny", "--out", str(tmp_path / "r"),
                  "--pretrained", "none", "--epochs", "1", "--teacher-epochs", "1", "--max-train", "16"]) == 0
     assert len(checks) == 1  # train checks the split; the evaluation that follows does not again

@@ -151,7 +151,7 @@ def test_unsupported_opset_fails_fast_in_one_line(opset, tmp_path, monkeypatch, 
     def no_export(*args, **kwargs):
         raise AssertionError("the exporter must not run for an unsupported opset")
 
-    monkeypatch.setattr(export, "_to_onnx_proto", no_export)
+    monkeypatch.setattr(export, "to_onnx_proto", no_export)
     with pytest.raises(CracklocError, match=rf"opset {opset} is not supported .*18 to {max_opset()}\)"):
         export_onnx(torch.nn.Identity(), tmp_path / "m.onnx", image_size=SIZE, opset=opset)
     out, err = capfd.readouterr()

@@ -20,7 +20,7 @@ from crackloc.training.fit import train_precision
 
 @pytest.fixture(params=[True, False], ids=["native-bf16", "no-native-bf16"])
 def native(request, monkeypatch) -> bool:
-    monkeypatch.setattr(tensors, "_mkldnn_bf16", lambda: request.param)
+    monkeypatch.setattr(tensors, "mkldnn_bf16", lambda: request.param)
     monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
     return request.param
 
@@ -33,7 +33,7 @@ def test_auto_picks_bf16_only_with_native_support(native):
 
 
 def test_explicit_bf16_is_kept_and_warns_once_without_native_support(native, capsys):
-    tensors._warn_once.cache_clear()
+    tensors.warn_once.cache_clear()
     assert tensors.resolve_precision("bf16", "cpu") == "bf16"
     assert tensors.resolve_precision("bf16", "cpu") == "bf16"
     err = capsys.readouterr().err.splitlines()
@@ -43,7 +43,7 @@ def test_explicit_bf16_is_kept_and_warns_once_without_native_support(native, cap
 
 
 def test_an_isa_cap_below_bf16_counts_as_no_native_bf16(monkeypatch):
-    monkeypatch.setattr(tensors, "_mkldnn_bf16", lambda: True)
+    monkeypatch.setattr(tensors, "mkldnn_bf16", lambda: True)
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx2")
     assert not tensors.native_bf16("cpu") and tensors.resolve_precision("auto") == "32"
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")

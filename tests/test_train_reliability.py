@@ -141,14 +141,14 @@ def test_config_and_preset_together_and_an_empty_config_are_refused(crack_folder
 
 
 def test_no_preset_and_no_config_means_quick(crack_folder, tmp_path):
-    from crackloc.cli.train import _requested
+    from crackloc.cli.train import requested_config
 
     parser = build_parser()
     args = parser.parse_args(["train", "--data", str(crack_folder), "--out", str(tmp_path / "r")])
-    assert _requested(args)[0].preset == "quick"
+    assert requested_config(args)[0].preset == "quick"
     tiny = save_config(preset("tiny", **{"train.epochs": 7}), tmp_path / "tiny.yaml")
     args = parser.parse_args(["train", "--config", str(tiny), "--out", str(tmp_path / "r")])
-    cfg = _requested(args)[0]
+    cfg = requested_config(args)[0]
     assert cfg.preset == "tiny" and cfg.train.epochs == 7
 
 

@@ -150,7 +150,7 @@ def _refuse_empty_config(path: str) -> None:
                             "or --preset instead of --config")
 
 
-def _requested(a: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
+def requested_config(a: argparse.Namespace) -> tuple[RunConfig, dict[str, Any]]:
     """The config the flags ask for, and the dotted keys the flags set explicitly (not None)."""
     from crackloc.config import apply_overrides, load_config, preset
 
@@ -196,7 +196,7 @@ def _run_train(a: argparse.Namespace) -> int:
 
     if not a.resume and not (a.data or a.manifest or a.config):
         raise CracklocError("give --data DIR or --manifest CSV")
-    cfg, given = _requested(a)
+    cfg, given = requested_config(a)
     if a.resume:
         _refuse_changed_flags(a, cfg, given)
     try:

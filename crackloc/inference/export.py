@@ -71,7 +71,7 @@ def _check_opset(opset: int) -> None:
                             f"(supported: {MIN_OPSET} to {top})")
 
 
-def _to_onnx_proto(net: nn.Module, example: torch.Tensor, opset: int) -> Any:
+def to_onnx_proto(net: nn.Module, example: torch.Tensor, opset: int) -> Any:
     """Trace `net` with a dynamic batch axis: → onnx.ModelProto (weights inline)."""
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.onnx.export(
@@ -131,7 +131,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, image_size: int = 224, op
     try:
         net = copy.deepcopy(model).float().cpu().eval()
         example = torch.rand(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-        proto = _to_onnx_proto(net, example, opset)
+        proto = to_onnx_proto(net, example, opset)
     except CracklocError:
         raise
     except Exception as exc:  # the exporter raises many types; report one line, keep the chain

@@ -13,16 +13,16 @@ from torch import nn
 from crackloc.config import ModelConfig
 from crackloc.errors import CracklocError
 
-_REGISTRY: dict[str, Callable[[ModelConfig], nn.Module]] = {}
+MODELS: dict[str, Callable[[ModelConfig], nn.Module]] = {}
 
 
 def register(name: str) -> Callable:
     """Decorator that registers a builder `fn(cfg: ModelConfig) -> LocalizationModel`."""
 
     def deco(fn: Callable[[ModelConfig], nn.Module]) -> Callable[[ModelConfig], nn.Module]:
-        if name in _REGISTRY:
+        if name in MODELS:
             raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = fn
+        MODELS[name] = fn
         return fn
 
     return deco
@@ -30,11 +30,11 @@ def register(name: str) -> Callable:
 
 def available_models() -> list[str]:
     """Registered model names, sorted."""
-    return sorted(_REGISTRY)
+    return sorted(MODELS)
 
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     """Build the registered model `cfg.name` from its config."""
-    if cfg.name not in _REGISTRY:
-        raise CracklocError(f"unknown model {cfg.name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[cfg.name](cfg)
+    if cfg.name not in MODELS:
+        raise CracklocError(f"unknown model {cfg.name!r}; available: {', '.join(sorted(MODELS))}")
+    return MODELS[cfg.name](cfg)
