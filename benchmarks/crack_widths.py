@@ -4,8 +4,8 @@
 width). TRAIN_CRACK_WIDTH is measured here, with the same estimator, on Özgenel crack patches
 of the training split at the model's input size (224 px): a property of the training data.
 With `--masks` it also prints the estimate and the chosen scale on the dev images of a mask set
-(never its test images), against the width the human masks give (median of 2 × the distance
-transform along the mask skeleton).
+(never its test images), against the width the human masks give (the median along the mask
+skeleton of `crackloc.imageops.width`'s crack width, the one geometry and the width error use).
 
     python -m benchmarks.crack_widths --data ../shared/data/ozgenel \
         --manifest docs/results/ozgenel_split.csv [--n 400] [--masks ../shared/data/crackforest]
@@ -19,13 +19,12 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage as ndi
-from skimage.morphology import skeletonize
 
 from crackloc.data.dataset import resize_uint8
 from crackloc.data.masks import MaskDataset
 from crackloc.data.split import read_manifest
 from crackloc.evaluation.localize_run import fixed_partition
+from crackloc.imageops.width import skeleton_widths
 from crackloc.inference.autoscale import TRAIN_CRACK_WIDTH, auto_scale, estimate_crack_width
 from crackloc.io import load_rgb, rgb_to_tensor
 
@@ -49,9 +48,8 @@ def training_widths(data: Path, manifest: Path, *, n: int, size: int = 224) -> l
 
 
 def mask_width(mask: np.ndarray) -> float:
-    """Median of 2 × distance-to-background along the mask's skeleton (px)."""
-    dist = ndi.distance_transform_edt(mask)
-    return float(np.median(2 * dist[skeletonize(mask)]))
+    """Median crack width (px) along the mask's skeleton (`crackloc.imageops.width`)."""
+    return float(np.median(skeleton_widths(mask)))
 
 
 def main() -> None:

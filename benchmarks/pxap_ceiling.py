@@ -24,8 +24,8 @@ from benchmarks.common import table
 from crackloc.data.masks import MaskDataset
 from crackloc.evaluation.localization import PxAPEvaluator, ThresholdEvaluator
 from crackloc.evaluation.localize_run import fixed_partition
+from crackloc.imageops import dilate_square
 from crackloc.io import write_json
-from crackloc.training.refine_labels import _dilate
 
 
 def shifted(mask: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -37,7 +37,7 @@ def shifted(mask: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
 
 def dilated(mask: torch.Tensor, r: int) -> torch.Tensor:
     """[H,W] widened by r px on every side (a (2r+1)² square, as the pseudo-labels' ignore band)."""
-    return _dilate(mask[None, None].bool(), r)[0, 0].float()
+    return dilate_square(mask[None, None].bool(), r)[0, 0].float()
 
 
 CHANGES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {

@@ -7,8 +7,9 @@ import torch
 
 from crackloc.config import ModelConfig
 from crackloc.data.synthetic import make_crack_image
+from crackloc.imageops import grey_closing, ridge_response
 from crackloc.models import build_model
-from crackloc.models.filters import grey_closing, keep_thin_components, ridge_response
+from crackloc.models.filters import keep_thin_components
 
 FLOORS = ("darkness", "blackhat", "ridge", "blackhat_ridge_shape")
 
@@ -48,12 +49,3 @@ def test_shape_filter_keeps_a_long_thin_line_and_damps_a_blob():
     assert torch.allclose(out[..., 30:32, 2:62], heat[..., 30:32, 2:62])
     assert torch.allclose(out[..., 5:17, 5:17], 0.25 * heat[..., 5:17, 5:17])
 
-
-@pytest.mark.parametrize("size", [3, 5, 7, 19, 37])
-def test_fast_square_max_equals_max_pooling(size):
-    from crackloc.models.filters import _square_max
-
-    g = torch.rand(2, 1, 50, 61, generator=torch.Generator().manual_seed(size))
-    pad = size // 2
-    ref = torch.nn.functional.max_pool2d(torch.nn.functional.pad(g, (pad,) * 4, mode="replicate"), size, stride=1)
-    assert torch.equal(_square_max(g, size), ref)

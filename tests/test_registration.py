@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from crackloc.config import InferenceConfig
 from crackloc.data.synthetic import draw_line
 from crackloc.evaluation.registration import ridge_offsets
+from crackloc.imageops import gauss_kernels, separable
 from crackloc.inference.predictor import Predictor
 from crackloc.models.backbone import BACKBONES, build_backbone
 from crackloc.models.base import LocalizationModel
-from crackloc.models.filters import gauss_kernels, separable
 from crackloc.models.fusion import align_to
 from crackloc.tensors import upsample_cells
 

@@ -26,7 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
+from crackloc.imageops import disk_max
 
 DEFAULT_THRESHOLDS = 1000
 
@@ -47,21 +48,6 @@ def _as_images(heatmap: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
         mask = mask != 0
     h, w = heatmap.shape[-2:]
     return heatmap.reshape(-1, h, w).float(), mask.reshape(-1, h, w)
-
-
-def _disk_max(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """Grey dilation of [H,W] by a Euclidean disk of `radius` px: → [H,W] (max over the disk)."""
-    if radius <= 0:
-        return x
-    h, w = x.shape
-    padded = F.pad(x[None, None], (radius,) * 4, value=float("-inf"))[0, 0]  # [H+2r, W+2r]
-    out = x.clone()
-    for dy in range(-radius, radius + 1):
-        for dx in range(-radius, radius + 1):
-            if (dy or dx) and dy * dy + dx * dx <= radius * radius:
-                shifted = padded[radius + dy : radius + dy + h, radius + dx : radius + dx + w]
-                torch.maximum(out, shifted, out=out)
-    return out
 
 
 @dataclass
@@ -158,11 +144,11 @@ class _PixelHistogram:
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One image heatmap [H,W], mask [H,W] → (tp, fp, matched) [T] and n_gt []."""
         k = self.tolerance
-        near = _disk_max(mask.float(), k) > 0 if k else mask  # [H,W] within k px of a crack
+        near = disk_max(mask.float(), k) > 0 if k else mask  # [H,W] within k px of a crack
         bins = self._bin(heatmap)  # [H,W]
         tp = self._at_least(bins[near])
         fp = self._at_least(bins[~near])
-        reach = self._bin(_disk_max(heatmap, k)) if k else bins  # [H,W] best score within k px
+        reach = self._bin(disk_max(heatmap, k)) if k else bins  # [H,W] best score within k px
         matched = self._at_least(reach[mask])
         return tp, fp, matched, mask.sum().cpu()
 

@@ -1,11 +1,12 @@
 """Crack width error against human masks, measured along the human skeleton.
 
-At every pixel of the human mask's skeleton, the true width is 2·d − 1, with d the Euclidean
-distance transform of the human mask there (d = 1 on a 1 px wide crack); the predicted width is
-the same measure on the predicted mask (heatmap ≥ threshold) at that pixel, 0 where the
-prediction misses it. Errors |predicted − true| are accumulated in a histogram of 0.25 px
-bins (streaming, like the other evaluators) and summarised as median and 90th percentile.
-Users repair by width, so a map that is right about where but 5× too wide scores badly here.
+Widths are `crackloc.imageops.width.local_width_map`, the one crack-width definition (documented
+there), which crack geometry reports too. At every pixel of the human mask's skeleton, the true
+width is that of the human mask there; the predicted width is that of the predicted mask
+(heatmap ≥ threshold) at the same pixel, 0 where the prediction misses it. Errors
+|predicted − true| are accumulated in a histogram of 0.25 px bins (streaming, like the other
+evaluators) and summarised as median and 90th percentile. Users repair by width, so a map that
+is right about where but 5× too wide scores badly here.
 """
 
 from __future__ import annotations
@@ -13,22 +14,20 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from crackloc.imageops.width import local_width_map
+
 BIN_PX = 0.25
 MAX_ERROR_PX = 200.0
 
 
 def widths_along_skeleton(mask: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(true widths, predicted widths) at the skeleton pixels of `mask` (both [H,W] bool)."""
-    from scipy import ndimage
+    """(true widths, predicted widths) at the skeleton pixels of `mask`, both bool [H,W]: → ([N], [N])."""
     from skimage.morphology import skeletonize
 
-    skel = skeletonize(mask)
-    true = 2.0 * ndimage.distance_transform_edt(mask)[skel] - 1.0
-    if pred.any():
-        predicted = 2.0 * ndimage.distance_transform_edt(pred)[skel] - 1.0
-    else:
-        predicted = np.zeros_like(true)
-    return true, np.clip(predicted, 0.0, None)
+    skel = skeletonize(mask)  # [H,W] bool
+    true = local_width_map(mask)[skel]
+    predicted = local_width_map(pred)[skel] if pred.any() else np.zeros_like(true)
+    return true, predicted
 
 
 class WidthErrorEvaluator:

@@ -27,7 +27,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from crackloc.models.filters import grey, line_response
+from crackloc.imageops import grey, line_response
 from crackloc.tensors import unit_float
 
 TRAIN_CRACK_WIDTH = 14.3  # px at 224 px: median over 145 Özgenel training crack patches (quartiles 10.1–17.0), benchmarks/crack_widths.py

@@ -11,12 +11,9 @@ Conventions (all in pixels; millimetres too when `mm_per_px` is given):
   22.5°). Junction pixels are joined by their minimum spanning tree. Thinning stops about
   half a width short of each free tip, so each tip adds its distance to the crack
   boundary (EDT − ½). A straight bar measures its full extent (a 200×5 bar → ≈ 200).
-- **Width** at a pixel is `d_out + d_in`: `d_out` = Euclidean distance to the nearest
-  background pixel centre (`scipy.ndimage.distance_transform_edt`), `d_in` = distance to the
-  nearest boundary pixel centre; the boundary lies midway, so their sum is twice the
-  distance to it (a 5 px bar gives 5; a 1 px line gives 1). On the skeleton we take the
-  3×3 local maximum, since a thinned line can sit half a pixel off the ridge. Mean and max
-  are over the skeleton pixels; digitisation limits them to about ±1 px on oblique cracks.
+- **Width** is `crackloc.imageops.width.local_width_map` (the one definition, documented
+  there: twice the distance to the crack's edge, a 5 px bar gives 5) read on the skeleton;
+  mean and max are over the skeleton pixels.
 - **Orientation** is the major axis of the crack's pixels (`regionprops.orientation`), in
   degrees from the image's horizontal axis, counter-clockwise as seen on screen, in
   (−90, 90]: 0 = horizontal, 90 = vertical, +45 = rising to the right.
@@ -38,6 +35,7 @@ from skimage.measure import approximate_polygon, label, regionprops
 from skimage.morphology import skeletonize
 
 from crackloc.errors import CracklocError
+from crackloc.imageops.width import local_width_map
 
 POLY_TOLERANCE = 1.0  # Douglas–Peucker tolerance (px) for skeleton chains
 _NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
@@ -260,13 +258,6 @@ def _skeleton_lengths(skel: np.ndarray, dist: np.ndarray, labels: np.ndarray, n:
     return lengths
 
 
-def _width_map(mask: np.ndarray, dist: np.ndarray) -> np.ndarray:
-    """Local crack width at each pixel, 3×3 maximum of `d_out + d_in`: bool [H,W] → float [H,W]."""
-    boundary = mask & ~ndi.binary_erosion(mask, border_value=1)  # image edge is not a boundary
-    d_in = ndi.distance_transform_edt(~boundary)  # [H,W] to nearest boundary pixel centre
-    return ndi.maximum_filter(np.where(mask, dist + d_in, 0.0), size=3)
-
-
 def _ring_box(box: tuple[slice, slice], shape: tuple[int, int]) -> tuple[slice, slice]:
     """A crack's bounding box grown by 1 px (clipped to the image).
 
@@ -329,7 +320,7 @@ def _measure_one(labels: np.ndarray, label_: int, box: tuple[slice, slice], area
     dist = ndi.distance_transform_edt(comp)  # [h',w'] distance to nearest background pixel
     skel = skeletonize(comp)
     length = _skeleton_lengths(skel, dist, comp.astype(np.int32), 1)[1]
-    width = _width_map(comp, dist)  # [h',w']
+    width = local_width_map(comp)  # [h',w'], 0 outside the crack
     w = width[skel & comp]  # [N]
     if w.size == 0:  # no skeleton: fall back to the widest point
         w = np.array([width[comp].max()])

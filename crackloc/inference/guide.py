@@ -5,7 +5,7 @@ With `InferenceConfig.line_guide` = g > 0 the map becomes
 
     map^(1 − g) · evidence^g
 
-where `evidence` is the `ridge` floor's dark-line map (`crackloc.models.filters.ridge_response`,
+where `evidence` is the `ridge` floor's dark-line map (`crackloc.imageops.ridge_evidence`,
 σ = ¼, ½, ¾ of a crack width) computed on the photo once, after stitching, for cracks of the
 width the model is shown: `TRAIN_CRACK_WIDTH` / scale photo pixels. So the guide follows the
 scale (or `--auto-scale`) the user picks, and nothing in it was fitted to an evaluation set.
@@ -27,8 +27,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from crackloc.imageops import grey, ridge_evidence
 from crackloc.inference.autoscale import TRAIN_CRACK_WIDTH
-from crackloc.models.filters import TAU_RIDGE, grey, ridge_response
 from crackloc.tensors import MASK_LEVEL, unit_float  # the guide keeps the crack mask exactly
 
 WORK_WIDTH = 5.0  # px: cracks expected wider than this are filtered on a copy shrunk to this width
@@ -45,7 +45,7 @@ def line_evidence(image: torch.Tensor, *, scale: float) -> torch.Tensor:
     if shrink < 1.0:
         size = (max(1, round(h * shrink)), max(1, round(w * shrink)))
         g = F.interpolate(g, size=size, mode="bilinear", antialias=True, align_corners=False)  # [1,1,h,w]
-    ev = 1.0 - torch.exp(-ridge_response(g, width=width * shrink) / TAU_RIDGE)  # [1,1,h,w]
+    ev = ridge_evidence(g, width=width * shrink)  # [1,1,h,w]
     if shrink < 1.0:
         ev = F.interpolate(ev, size=(h, w), mode="bilinear", align_corners=False)  # [1,1,H,W]
     return ev[0, 0].clamp(0.0, 1.0)

@@ -17,16 +17,18 @@ The result is uint8 [N,1,S,S] in {0, 1, 255} at patch resolution.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from crackloc.data.dataset import PIXEL_IGNORE as IGNORE
-from crackloc.models.filters import blackhat_response, grey
+from crackloc.imageops import blackhat_response, dilate_square, grey
+from crackloc.imageops.morphology import component_spans
+from crackloc.imageops.threshold import otsu_threshold
 from crackloc.tensors import autocast_for, to_input
+
+LABELS_VERSION = "otsu-skimage"  # part of the labels' cache key: change it whenever the labels a model file makes change
 
 
 @dataclass
@@ -39,39 +41,11 @@ class RefineConfig:
     band: int = 1  # px of ignore ring around every crack pixel (2 px taught synthetic 2.5 px cracks to come out too wide)
 
 
-def otsu_threshold(values: torch.Tensor, *, bins: int = 128) -> float:
-    """Otsu's threshold of a 1-D tensor of values (between-class variance maximised)."""
-    lo, hi = float(values.min()), float(values.max())
-    if hi - lo < 1e-8:
-        return hi
-    hist = torch.histc(values.float(), bins=bins, min=lo, max=hi).double()  # [bins]
-    centers = torch.linspace(lo, hi, bins, dtype=torch.float64)
-    w0 = torch.cumsum(hist, 0)
-    w1 = hist.sum() - w0
-    m0 = torch.cumsum(hist * centers, 0) / w0.clamp(min=1e-12)
-    m1 = ((hist * centers).sum() - torch.cumsum(hist * centers, 0)) / w1.clamp(min=1e-12)
-    between = w0 * w1 * (m0 - m1) ** 2  # [bins]
-    return float(centers[int(torch.argmax(between[:-1]))])
-
-
-def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
-    """Square dilation of a bool [N,1,H,W] by `radius` px."""
-    if radius <= 0:
-        return mask
-    return F.max_pool2d(mask.float(), 2 * radius + 1, stride=1, padding=radius) > 0
-
-
 def _drop_short(crack: torch.Tensor, *, min_span: float) -> torch.Tensor:
     """Remove 8-connected components whose bounding-box diagonal is < min_span: bool [H,W]."""
-    import numpy as np
-    from scipy import ndimage
-
-    labels, n = ndimage.label(crack.numpy(), structure=np.ones((3, 3)))
-    if n == 0:
-        return crack
-    keep = np.zeros(n + 1, bool)
-    for i, box in enumerate(ndimage.find_objects(labels), start=1):
-        keep[i] = math.hypot(box[0].stop - box[0].start, box[1].stop - box[1].start) >= min_span
+    labels, diag, _ = component_spans(crack.numpy())  # [H,W], [n+1]
+    keep = diag >= min_span  # [n+1]
+    keep[0] = False  # background
     return torch.from_numpy(keep[labels])
 
 
@@ -81,7 +55,7 @@ def refine_one(image: torch.Tensor, stage1: torch.Tensor, cfg: RefineConfig) -> 
     evidence = blackhat_response(grey(to_input(image[None], channels_last=False)), width=w)[0]  # [1,S,S]
     peak = float(stage1.max())
     region = stage1 >= cfg.region_level * peak if peak > 0 else torch.zeros_like(stage1, dtype=torch.bool)
-    region = _dilate(region[None], int(round(w)))[0]  # [1,S,S]
+    region = dilate_square(region[None], int(round(w)))[0]  # [1,S,S]
     labels = torch.zeros_like(stage1, dtype=torch.uint8)
     if not bool(region.any()):
         return labels
@@ -89,7 +63,7 @@ def refine_one(image: torch.Tensor, stage1: torch.Tensor, cfg: RefineConfig) -> 
     crack = region & (evidence >= t)
     crack = _drop_short(crack[0], min_span=cfg.min_length * w)[None]
     uncertain = (region & (evidence >= t / 2)) | (~region & (evidence >= t))
-    uncertain |= _dilate(crack[None], cfg.band)[0]
+    uncertain |= dilate_square(crack[None], cfg.band)[0]
     labels[uncertain] = IGNORE
     labels[crack] = 1
     return labels
@@ -175,7 +149,7 @@ def self_training_labels(model: torch.nn.Module, images: torch.Tensor, labels: t
         crack = p >= SELF_CRACK
         block = torch.full_like(p, float(IGNORE), dtype=torch.float32)
         block[p <= SELF_BACKGROUND] = 0
-        block[_dilate(crack, band)] = IGNORE
+        block[dilate_square(crack, band)] = IGNORE
         block[crack] = 1
         block[~crack.flatten(1).any(dim=1)] = IGNORE  # a crack patch the model found nothing in: unknown pixels
         out[idx] = block.to(torch.uint8)
