@@ -1,7 +1,7 @@
 """The package's architecture: import contracts (import-linter) and no branching on method names.
 
 The layers and the no-cycle rule are import-linter contracts in pyproject.toml (`lint-imports`,
-also run by .ci/run): imports only point down (core, data, models, training | inference,
+also run by .ci/run): imports only point down (core, imageops, data, models, training | inference,
 evaluation, experiments | viewer, cli; training and inference never import each other), and no
 package's modules import each other in a cycle. Lazy imports inside functions count too.
 Branches on method names outside the registry and the experiment method table are found with `ast`.
@@ -19,15 +19,17 @@ PACKAGE = "crackloc"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 
 def _method_names() -> frozenset[str]:
-    """Every registered model and backbone name, read from the registries so the list cannot drift."""
+    """Every registered model, backbone and pseudo-label source name, read from the registries so
+    the list cannot drift."""
     from crackloc.models.backbone import BACKBONES
     from crackloc.models.registry import available_models
+    from crackloc.training.sources import SOURCES
 
-    return frozenset(available_models()) | frozenset(BACKBONES)
+    return frozenset(available_models()) | frozenset(BACKBONES) | frozenset(SOURCES)
 
 
 METHOD_NAMES = _method_names()
-NAME_TABLES = ("models/registry.py", "experiments/methods.py")  # the only places that may branch
+NAME_TABLES = ("models/registry.py", "experiments/methods.py", "training/sources.py")  # the only places that may branch
 COMPARE_OPS = (ast.Eq, ast.NotEq, ast.In, ast.NotIn)
 
 
@@ -105,7 +107,7 @@ def test_the_contracts_catch_an_upward_import_and_a_cycle(tmp_path):
                             "models/b.py": "from crackloc.models import a\n"})
     config = (ROOT.parent / "pyproject.toml").read_text(encoding="utf-8")
     (tmp_path / "pyproject.toml").write_text(config[config.index("[tool.importlinter]"):], encoding="utf-8")
-    for name in ("config", "io", "tensors", "__main__", "cli/__init__", "evaluation/__init__",
+    for name in ("config", "io", "tensors", "imageops/__init__", "__main__", "cli/__init__", "evaluation/__init__",
                  "experiments/__init__", "viewer/__init__"):
         (pkg / f"{name}.py").parent.mkdir(parents=True, exist_ok=True)
         (pkg / f"{name}.py").touch()
@@ -120,8 +122,7 @@ def test_the_contracts_catch_an_upward_import_and_a_cycle(tmp_path):
 
 def test_no_branches_on_method_names():
     problems = method_name_branches(ROOT)
-    assert not problems, _report(
-        "branch(es) on method names outside models/registry.py and experiments/methods.py", problems)
+    assert not problems, _report(f"branch(es) on method names outside {', '.join(NAME_TABLES)}", problems)
 
 
 def _write(root: Path, files: dict[str, str]) -> Path:
@@ -171,3 +172,152 @@ def test_method_name_branches_are_found(tmp_path):
         'crackloc/evaluation/evaluate.py:6: calls .startswith("ablation:")',
         "crackloc/evaluation/evaluate.py:9: matches on a method name",
     ]
+
+
+# ---- one output writer; no private names outside the package ----------------------------------
+
+WRITER = "inference/outputs.py"  # builds every record and PNG set, appends every record
+WRITER_CALLS = ("RecordWriter", "heatmap_stats", "record_maker")
+
+
+def writer_copies(root: Path) -> list[str]:
+    """`file:line: reason` for each place outside the writer that builds or appends a record itself."""
+    problems = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel == WRITER:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+                if name in WRITER_CALLS:
+                    problems.append(f"{rel}:{node.lineno}: calls {name}")
+            elif isinstance(node, ast.Dict) and "crack_probability" in _strings_of(node.keys) \
+                    and "heatmap" in _strings_of(node.keys):
+                problems.append(f"{rel}:{node.lineno}: builds a record")
+            elif isinstance(node, ast.Constant) and node.value == "predictions.jsonl" and rel != "inference/outdir.py":
+                problems.append(f"{rel}:{node.lineno}: names the records file")
+    return problems
+
+
+def _strings_of(nodes: list) -> set[str]:
+    return {n.value for n in nodes if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+
+
+def test_one_output_writer():
+    problems = writer_copies(ROOT)
+    assert not problems, _report(f"record or PNG writing outside {WRITER}", problems)
+
+
+def test_writer_copies_are_found(tmp_path):
+    root = _write(tmp_path, {**CLEAN, "viewer/folders.py": (
+        "def f(w, p, m):\n"
+        "    w = RecordWriter('x')\n"
+        "    rec = {'path': p, 'crack_probability': 0.5, 'heatmap': heatmap_stats(m)}\n"
+        "    return open('predictions.jsonl', 'a')\n")})
+    assert sorted(p.split(": ", 1)[1] for p in writer_copies(root)) == [
+        "builds a record", "calls RecordWriter", "calls heatmap_stats", "names the records file"]
+
+
+def private_uses(*folders: Path) -> list[str]:
+    """`file:line: name` for each private name of crackloc (`_x`) that tests or benchmarks import,
+    reach as an attribute of an imported crackloc module, or monkeypatch by name."""
+    problems = []
+    for path in sorted(p for folder in folders for p in folder.rglob("*.py")):
+        tree, rel = ast.parse(path.read_text(encoding="utf-8")), f"{path.parent.name}/{path.name}"
+        modules: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(PACKAGE):
+                problems += [f"{rel}:{node.lineno}: {a.name}" for a in node.names if _private(a.name)]
+                modules |= {a.asname or a.name for a in node.names}
+            elif isinstance(node, ast.Import):
+                modules |= {(a.asname or a.name).split(".")[0] for a in node.names if a.name.startswith(PACKAGE)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and _private(node.attr) and _root_name(node.value) in modules:
+                problems.append(f"{rel}:{node.lineno}: {node.attr}")
+            elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("setattr", "delattr") \
+                    and len(node.args) >= 2 and _root_name(node.args[0]) in modules \
+                    and isinstance(node.args[1], ast.Constant) and _private(str(node.args[1].value)):
+                problems.append(f"{rel}:{node.lineno}: {node.args[1].value}")
+    return problems
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _root_name(node: ast.AST) -> str | None:
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def test_tests_and_benchmarks_use_only_public_names():
+    top = ROOT.parent
+    problems = private_uses(top / "tests", top / "benchmarks")
+    assert not problems, _report("private crackloc name(s) used by tests or benchmarks", problems)
+
+
+def test_private_uses_are_found(tmp_path):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "test_x.py").write_text(
+        "from crackloc.inference.batch import _maps, run_local\n"
+        "from crackloc.inference import outputs\n"
+        "import crackloc.tensors\n"
+        "def test(monkeypatch):\n"
+        "    outputs._sigint_deferred()\n"
+        "    crackloc.tensors._flag = 1\n"
+        "    monkeypatch.setattr(outputs, '_x', None)\n"
+        "    other._y = 2\n")
+    assert sorted(p.split(": ", 1)[1] for p in private_uses(tmp_path / "t")) == ["_flag", "_maps",
+                                                                                 "_sigint_deferred", "_x"]
+
+
+# ---- training: calls only point down --------------------------------------------------------------
+
+DOWN = ("crackloc.cli", "crackloc.training.pipeline", "crackloc.training.fit", "crackloc.training.module")
+
+
+def _call_edges(run) -> set[tuple[str, str, str]]:
+    """(caller module, callee module, callee function) of every call between two crackloc modules during `run()`."""
+    edges: set[tuple[str, str, str]] = set()
+
+    def profile(frame, event, arg) -> None:
+        if event != "call":
+            return
+        callee = frame.f_globals.get("__name__", "")
+        caller = frame.f_back.f_globals.get("__name__", "") if frame.f_back is not None else ""
+        if callee != caller and callee.startswith(PACKAGE) and caller.startswith(PACKAGE):
+            edges.add((caller, callee, frame.f_code.co_name))
+
+    sys.setprofile(profile)
+    try:
+        run()
+    finally:
+        sys.setprofile(None)
+    return edges
+
+
+def test_training_calls_only_point_down_cli_pipeline_fit_module(crack_folder, tmp_path):
+    """From `crackloc train` to model.pt: cli → pipeline → fit → module, and sources consulted once;
+    nothing calls back up that chain (the config no longer bounces between run, fit and module)."""
+    from crackloc.cli import main
+
+    edges = _call_edges(lambda: main(["train", "--data", str(crack_folder), "--out", str(tmp_path / "run"),
+                                      "--preset", "tiny", "--pretrained", "none", "--epochs", "1",
+                                      "--teacher-epochs", "1", "--max-train", "16", "--no-eval"]))
+    level = {name: i for i, name in enumerate(DOWN)}
+
+    def rank(module: str) -> int | None:
+        return next((level[p] for p in DOWN if module == p or module.startswith(p + ".")), None)
+
+    up = sorted(f"{a} → {b}.{f}" for a, b, f in edges
+                if rank(a) is not None and rank(b) is not None and rank(b) < rank(a))
+    assert not up, _report("call(s) back up the training chain", up)
+    skipped = sorted(f"{a} → {b}.{f}" for a, b, f in edges if a.startswith("crackloc.cli") and rank(b) == 2)
+    assert not skipped, _report("the CLI reaching past the pipeline into fit", skipped)
+    into_fit = {f for a, b, f in edges if a == DOWN[1] and b == DOWN[2]}
+    assert into_fit <= {"start", "fit_model", "broadcast", "barrier", "is_zero", "__init__"}, into_fit
+    into_sources = {f for a, b, f in edges if a == DOWN[1] and b == "crackloc.training.sources"}
+    assert into_sources <= {"label_plan", "_cam", "_ddt", "_refined"}, into_sources
+    assert (tmp_path / "run" / "model.pt").is_file()

@@ -19,7 +19,8 @@ def test_help_lists_every_command(capsys):
 
 def test_train_writes_a_complete_run(tiny_run: Path):
     for name in ("config.yaml", "split.csv", "teacher.pt", "model.pt", "pseudo_masks.pt", "metrics.json",
-                 "metrics.md", "student_epochs.csv", "teacher_epochs.csv", "checkpoints/student/last.ckpt"):
+                 "metrics.md", "logs/student/version_0/metrics.csv", "logs/teacher/version_0/metrics.csv",
+                 "checkpoints/student/last.ckpt"):
         assert (tiny_run / name).exists(), name
     m = json.loads((tiny_run / "metrics.json").read_text())
     assert {"auroc", "accuracy", "precision", "recall", "f1"} <= set(m["at_0.5"])
@@ -113,4 +114,4 @@ def test_serve_without_the_viewer_extra_says_how_to_install_it(monkeypatch, caps
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a))
     assert main(["serve"]) == 2
-    assert capsys.readouterr().err.strip() == "crackloc serve: error: crackloc serve needs Gradio: pip install 'crackloc[viewer]'"
+    assert capsys.readouterr().err.strip() == "crackloc serve: error: crackloc serve needs gradio: pip install 'crackloc[viewer]'"

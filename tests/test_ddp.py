@@ -29,7 +29,6 @@ that each logged their own half would miss it by ~0.1).
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -44,6 +43,7 @@ import torch.nn.functional as F
 import yaml
 
 from crackloc.cli import main
+from crackloc.training.fit import epoch_rows
 from tests.helpers import start_held, wait_held
 
 AUROC_TOL = 0.15
@@ -114,14 +114,8 @@ def _start_and_kill(args: list, log: Path) -> None:
             proc.wait()
 
 
-def _steps(path: Path) -> list[tuple[int, int]]:
-    with path.open() as f:
-        return [(int(r["epoch"]), int(r["step"])) for r in csv.DictReader(f)]
-
-
-def _last_row(path: Path) -> dict[str, float]:
-    with path.open() as f:
-        return {k: float(v) for k, v in list(csv.DictReader(f))[-1].items()}
+def _steps(log_dir: Path) -> list[tuple[int, int]]:
+    return [(int(r["epoch"]), int(r["step"])) for r in epoch_rows(log_dir)]
 
 
 def _test(run: Path) -> tuple[float, float]:
@@ -165,7 +159,7 @@ def test_ddp_on_two_cpu_processes_killed_and_resumed_matches_one_process(task, s
     saved = yaml.safe_load((run / "config.yaml").read_text())["train"]
     assert (saved["devices"], saved["num_nodes"], saved["strategy"], saved["batch_size"]) == (2, 1, "ddp", 8)
     # global batch: the same optimizer steps per epoch as one process with batch 8 (64 / 8 = 8)
-    for name in ("teacher_epochs.csv", "student_epochs.csv"):
+    for name in ("logs/teacher", "logs/student"):
         assert _steps(run / name) == _steps(single / name) == [(0, 8)], name
     # rank 0's files only, written whole: no leftovers of atomic writes
     assert not [p for p in run.rglob("*") if p.name.startswith(".") or p.suffix == ".tmp"]
@@ -175,7 +169,7 @@ def test_ddp_on_two_cpu_processes_killed_and_resumed_matches_one_process(task, s
     assert all(torch.equal(model[k], best[f"model.{k}"]) for k in model)
 
     # validation metrics are over the whole validation split, not one rank's shard
-    logged = _last_row(run / "student_epochs.csv")
+    logged = epoch_rows(run / "logs/student")[-1]
     bce, acc = _whole_val(run)
     assert abs(logged["val_loss"] - bce) <= VAL_TOL and abs(logged["val_acc"] - acc) <= VAL_TOL, (logged, bce, acc)
 

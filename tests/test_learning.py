@@ -37,14 +37,14 @@ def test_teacher_and_student_learn_the_synthetic_task(tmp_path):
     train, val, test = _split(320, 0), _split(64, 1), _split(100, 2)
     cfg = TrainConfig(epochs=6, teacher_epochs=6, batch_size=32, lr=1e-3, patience=6, augment=True)
     teacher_cfg = ModelConfig(name="resnet18_cam", pretrained="none", output_stride=32, fusion="none", ahr=False)
-    teacher = fit_model(teacher_cfg, cfg, train, val, ckpt_dir=tmp_path / "t", csv_path=tmp_path / "t.csv",
+    teacher = fit_model(teacher_cfg, cfg, train, val, ckpt_dir=tmp_path / "t", log_dir=tmp_path / "t_logs",
                         epochs=cfg.teacher_epochs, progress=False)
     auroc, acc = _accuracy(teacher, val, test)
     assert auroc > 0.95 and acc > 0.9
     pseudo = pseudo_masks(teacher, train.images, train.labels, grid=(4, 4), progress=False)
     assert pseudo.shape == (320, 1, 4, 4) and pseudo[train.labels < 0.5].abs().sum() == 0
     student_cfg = dataclasses.replace(ModelConfig(pretrained="none"))
-    student = fit_model(student_cfg, cfg, train, val, ckpt_dir=tmp_path / "s", csv_path=tmp_path / "s.csv",
+    student = fit_model(student_cfg, cfg, train, val, ckpt_dir=tmp_path / "s", log_dir=tmp_path / "s_logs",
                         epochs=cfg.epochs, pseudo=pseudo, progress=False)
     auroc, acc = _accuracy(student, val, test)
     assert auroc > 0.95 and acc > 0.9

@@ -110,7 +110,7 @@ def test_onnx_backend_runs_each_model_file_of_the_same_name(model_file, photos, 
 def test_demo_moves_an_earlier_run_aside_and_keeps_the_users_files(tmp_path, monkeypatch, capsys):
     import crackloc.evaluation.evaluate as evaluate
     import crackloc.inference.predictor as predictor
-    import crackloc.training.run as training
+    import crackloc.training.pipeline as training
 
     monkeypatch.setattr(training, "train_run", lambda cfg, run, **kw: Path(run).mkdir(parents=True))
     monkeypatch.setattr(evaluate, "evaluate_run", lambda run, **kw: {"at_0.5": {"auroc": 0.5, "accuracy": 0.5}})

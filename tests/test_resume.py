@@ -24,7 +24,6 @@ Tolerances:
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ import pytest
 import torch
 
 from crackloc.cli import main
+from crackloc.training.fit import epoch_rows
 from tests.helpers import start_held, wait_held
 
 RESUME_AUROC_TOL = 0.15
@@ -91,8 +91,7 @@ def _close(a, b, tol: float) -> bool:
 
 
 def _epoch_steps(run: Path) -> list[tuple[int, int]]:
-    with (run / "student_epochs.csv").open() as f:
-        return [(int(r["epoch"]), int(r["step"])) for r in csv.DictReader(f)]
+    return [(int(r["epoch"]), int(r["step"])) for r in epoch_rows(run / "logs/student")]
 
 
 def _start_and_kill(task, out: Path) -> int:

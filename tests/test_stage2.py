@@ -9,13 +9,14 @@ import torch.nn.functional as F
 from crackloc.config import ModelConfig, TrainConfig
 from crackloc.data.dataset import DecodedSplit
 from crackloc.data.synthetic import make_crack_image, make_crack_set
+from crackloc.imageops import dilate_square
+from crackloc.imageops.threshold import otsu_threshold
 from crackloc.tensors import MAP_ALIGNMENT, predict_batches
 from crackloc.training.fit import fit_model
 from crackloc.training.refine_labels import (
     IGNORE,
+    LABELS_VERSION,
     RefineConfig,
-    _dilate,
-    otsu_threshold,
     refine_pseudo_labels,
     self_training_labels,
 )
@@ -64,7 +65,7 @@ def _learn_fixture(tmp_path, *, n_train: int, epochs: int):
     assert int(((pseudo == 1) | (pseudo == IGNORE) | (pseudo == 0)).all())
     cfg = TrainConfig(epochs=epochs, batch_size=16, lr=3e-3, precision="32", channels_last=False, select_by="last")
     model = fit_model(ModelConfig(name="crackseg", pretrained="none"), cfg, train, val, ckpt_dir=tmp_path / "ck",
-                      csv_path=tmp_path / "e.csv", epochs=cfg.epochs, pseudo=pseudo, progress=False)
+                      log_dir=tmp_path / "e_logs", epochs=cfg.epochs, pseudo=pseudo, progress=False)
 
     def f1_at(images: torch.Tensor, masks: torch.Tensor, threshold: float) -> float:
         _, heat = predict_batches(model, images, with_heatmaps=True, precision="32", channels_last=False)
@@ -96,7 +97,7 @@ def test_tiny_stage2_learns_the_fixture(tmp_path):
     # fp32 still rounds differently on AVX-512 and AVX2 kernels, and 30 epochs carry it on: measured IoU
     # 0.617 (AVX-512) and 0.586 (same CPU as AVX2-only), F1 0.855 / 0.848; the bar sits well below both
     assert int((crack & truth).sum()) / int((crack | truth).sum()) >= 0.5
-    ring = _dilate(crack, 1) & ~crack  # the rim is labelled by the map itself unless a band is asked for
+    ring = dilate_square(crack, 1) & ~crack  # the rim is labelled by the map itself unless a band is asked for
     assert bool(ring.any()) and not bool((own[ring] == IGNORE).all())
     banded = self_training_labels(model, train.images, train.labels, precision="32", band=1)
     assert bool((banded[ring] == IGNORE).all()) and torch.equal(banded == 1, crack)
@@ -132,7 +133,8 @@ def test_stage2_trains_from_a_stage1_model_file_by_one_command(tiny_run, crack_f
     assert len(made) == 1 and made[0].cfg.name == "crackseg"  # its own confident pixels, not a refinement
     saved = torch.load(round2 / "pseudo_masks.pt", weights_only=True)
     assert set(saved["masks"].unique().tolist()) <= {0, 1, IGNORE}
-    assert saved["origin"] == sources.file_digest(out / "model.pt") != cache["origin"]  # keyed by its maker
+    assert saved["origin"] == f"{sources.file_digest(out / 'model.pt')}:{sources.LABELS_VERSION}" \
+        != cache["origin"]  # keyed by its maker and the labelling code
 
 
 def test_gated_decoding_skips_only_windows_below_the_probability():
@@ -240,7 +242,7 @@ def test_pseudo_mask_caches_are_told_apart_by_what_made_them(tmp_path):
     from crackloc.data.dataset import DecodedSplit
     from crackloc.errors import CracklocError
     from crackloc.io import file_digest
-    from crackloc.training.run import _cached
+    from crackloc.training.pipeline import cached_labels
     from crackloc.training.sources import SOURCES
 
     def made_by(cfg, source):
@@ -253,7 +255,8 @@ def test_pseudo_mask_caches_are_told_apart_by_what_made_them(tmp_path):
     (tmp_path / "a.pt").write_bytes(b"one model")
     cfg.model.init_from = str(tmp_path / "a.pt")
     digest = file_digest(tmp_path / "a.pt")
-    assert made_by(cfg, "refined") == (digest, f"_{digest[:12]}") and len(digest) == 64
+    assert made_by(cfg, "refined") == (f"{digest}:{LABELS_VERSION}", f"_{digest[:12]}_{LABELS_VERSION}")
+    assert len(digest) == 64
     cfg.model.init_from = str(tmp_path / "gone.pt")
     with pytest.raises(CracklocError, match=r"gone.pt: cannot read the file \("):  # one line, not a traceback
         made_by(cfg, "refined")
@@ -261,5 +264,5 @@ def test_pseudo_mask_caches_are_told_apart_by_what_made_them(tmp_path):
     split = DecodedSplit(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.tensor([0.0, 1.0]), ["x", "y"])
     torch.save({"paths": ["x", "y"], "masks": torch.zeros(2, 1, 8, 8), "source": "cam", "alignment": MAP_ALIGNMENT,
                 "target": "binary", "origin": "p95"}, tmp_path / "cache.pt")
-    assert _cached(tmp_path / "cache.pt", split, "cam", (8, 8), "binary", "p95") is not None
-    assert _cached(tmp_path / "cache.pt", split, "cam", (8, 8), "binary", "p90") is None
+    assert cached_labels(tmp_path / "cache.pt", split, "cam", (8, 8), "binary", "p95") is not None
+    assert cached_labels(tmp_path / "cache.pt", split, "cam", (8, 8), "binary", "p90") is None

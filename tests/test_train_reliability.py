@@ -50,12 +50,12 @@ def _assert_refused(rc: int, err: list[str], *needles: str) -> None:
 
 
 def test_ctrl_c_during_train_exits_130_and_resume_finishes(crack_folder, tmp_path, capsys):
-    """`crackloc train` held at the end of the teacher's 2nd epoch (the 1st is in its CSV), then Ctrl-C."""
+    """`crackloc train` held at the end of the teacher's 2nd validation (the 1st epoch is in its log), then Ctrl-C."""
     run, log, marker = tmp_path / "run", tmp_path / "stderr.txt", tmp_path / "held"
     argv = ["train", "--data", crack_folder, "--out", run, *FAST[:-4], "--teacher-epochs", "2", "--batch-size", "4",
             "--max-train", "16", "--no-eval"]
     with log.open("w") as err:
-        proc = start_held(argv, at="crackloc.training.module:EpochCSV.on_train_epoch_end", call=2, marker=marker,
+        proc = start_held(argv, at="crackloc.training.module:LitLocalizer.on_validation_epoch_end", call=2, marker=marker,
                           env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=err)
         try:
             wait_held(proc, marker)
@@ -65,7 +65,7 @@ def test_ctrl_c_during_train_exits_130_and_resume_finishes(crack_folder, tmp_pat
             if proc.poll() is None:
                 proc.kill()
     stderr = log.read_text()
-    assert (run / "teacher_epochs.csv").exists(), stderr[-2000:]
+    assert (run / "logs/teacher/version_0/metrics.csv").exists(), stderr[-2000:]
     assert rc == 130, stderr[-2000:]
     assert [ln for ln in stderr.splitlines() if ln.startswith(INTERRUPTED) and "--resume" in ln], stderr[-2000:]
     assert (run / "config.yaml").is_file() and not (run / "model.pt").exists()
@@ -95,12 +95,12 @@ def test_refused_train_writes_nothing_and_the_corrected_command_runs(one_crack, 
 
 def test_refusal_after_the_folder_was_made_removes_only_what_this_call_wrote(crack_folder, tmp_path, capsys,
                                                                               monkeypatch):
-    import crackloc.training.run as run_module
+    import crackloc.training.pipeline as pipeline
 
     def refuse(*args, **kwargs):
         raise CracklocError("teacher refused")
 
-    monkeypatch.setattr(run_module, "train_teacher", refuse)
+    monkeypatch.setattr(pipeline, "teacher_stage", refuse)
     kept = tmp_path / "kept"
     kept.mkdir()
     (kept / "notes.txt").write_text("mine")

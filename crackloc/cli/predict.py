@@ -156,7 +156,7 @@ def _run_demo(a: argparse.Namespace) -> int:
     from crackloc.evaluation.evaluate import evaluate_run
     from crackloc.inference.batch import predict_files
     from crackloc.inference.predictor import ASSETS, BUNDLED_MODEL, Predictor
-    from crackloc.training.run import train_run
+    from crackloc.training.pipeline import train_run
 
     out = Path(a.out)
     photo = ASSETS / "sample_photo.jpg"

@@ -69,8 +69,9 @@ def _run_serve(a: argparse.Namespace) -> int:
         raise CracklocError(f"{out}: not a folder")
     import importlib.util
 
-    if importlib.util.find_spec("gradio") is None:  # an optional extra: checked before the model loads
-        raise CracklocError("crackloc serve needs Gradio: pip install 'crackloc[viewer]'")
+    missing = [m for m in ("gradio", "cachetools") if importlib.util.find_spec(m) is None]
+    if missing:  # an optional extra: checked before the model loads
+        raise CracklocError(f"crackloc serve needs {' and '.join(missing)}: pip install 'crackloc[viewer]'")
     if not is_loopback(a.host):
         print(f"crackloc serve: warning: listening on {a.host}: anyone who can reach this machine on port "
               f"{a.port} can upload photos and see every photo under --folder; there is no login. Prefer "

@@ -191,8 +191,7 @@ def _refuse_changed_flags(a: argparse.Namespace, cfg: RunConfig, given: dict[str
 
 def _run_train(a: argparse.Namespace) -> int:
     from crackloc.evaluation.evaluate import evaluate_run
-    from crackloc.training.fit import process_rank
-    from crackloc.training.run import RefusedOnRankZero, train_run
+    from crackloc.training.pipeline import RefusedOnRankZero, train_run
 
     if not a.resume and not (a.data or a.manifest or a.config):
         raise CracklocError("give --data DIR or --manifest CSV")
@@ -203,7 +202,7 @@ def _run_train(a: argparse.Namespace) -> int:
         model_path = train_run(cfg, a.out, resume=a.resume)
     except RefusedOnRankZero:
         return 0  # a DDP process other than rank 0: rank 0 prints the refusal and exits 2
-    if process_rank() != 0:
+    if model_path is None:
         return 0  # DDP: rank 0 alone reports and evaluates
     print(f"model: {model_path}")
     failed = [tuple(f) for f in json.loads((Path(a.out) / "train_summary.json").read_text())["failed_images"]]

@@ -20,6 +20,7 @@ from crackloc.data.split import read_manifest
 from crackloc.experiments.methods import BASELINES, PROPOSED, method_dir
 from crackloc.inference.predictor import Predictor
 from crackloc.io import save_figure
+from crackloc.training.fit import EPOCH_COLUMNS, epoch_rows
 
 METRIC_LABELS = {"train_loss": "train loss", "val_loss": "val loss (BCE)", "val_auroc": "val AUROC",
                  "val_acc": "val accuracy"}
@@ -34,23 +35,28 @@ def _plt():
     return plt
 
 
-def read_epochs(path: Path) -> dict[str, list[float]]:
-    """Columns of a student_epochs.csv as float lists ('' → NaN)."""
-    with path.open(encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    keys = rows[0].keys() if rows else []
-    return {k: [float(r[k]) if r[k] not in ("", "None") else float("nan") for r in rows] for k in keys}
+def read_epochs(run: Path) -> dict[str, list[float]]:
+    """The student fit's per-epoch columns of a run folder as float lists (Lightning's CSV logs via
+    `epoch_rows`; runs made before them kept a student_epochs.csv, '' → NaN): {} if it has none."""
+    old = run / "student_epochs.csv"
+    if not (run / "logs" / "student").is_dir() and old.is_file():
+        with old.open(encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        keys = rows[0].keys() if rows else []
+        return {k: [float(r[k]) if r[k] not in ("", "None") else float("nan") for r in rows] for k in keys}
+    rows = epoch_rows(run / "logs" / "student")
+    return {k: [float(r[k]) for r in rows] for k in EPOCH_COLUMNS} if rows else {}
 
 
 def plot_curves(exp: Path, out: Path) -> list[Path]:
     """curves.png: the proposed model's losses and validation AUROC/accuracy per seed (Fig. 2);
     curves_all.png: validation AUROC per epoch of every method (mean over seeds)."""
     plt, made = _plt(), []
-    runs = sorted((exp / "runs" / PROPOSED).glob("seed*/student_epochs.csv"))
+    runs = [r for r in sorted((exp / "runs" / PROPOSED).glob("seed*")) if read_epochs(r)]
     if runs:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
         for path in runs:
-            cols, seed = read_epochs(path), path.parent.name
+            cols, seed = read_epochs(path), path.name
             epochs = [e + 1 for e in cols.get("epoch", [])]
             for ax, keys in zip(axes, (("train_loss", "val_loss"), ("val_auroc", "val_acc")), strict=True):
                 for key in keys:
@@ -63,7 +69,7 @@ def plot_curves(exp: Path, out: Path) -> list[Path]:
         plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 4))
     for method_path in sorted((exp / "runs").iterdir()):
-        series = [read_epochs(p).get("val_auroc", []) for p in sorted(method_path.glob("seed*/student_epochs.csv"))]
+        series = [read_epochs(p).get("val_auroc", []) for p in sorted(method_path.glob("seed*"))]
         series = [s for s in series if s]
         if series:
             n = min(map(len, series))

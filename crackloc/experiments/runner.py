@@ -57,7 +57,7 @@ from crackloc.experiments.methods import (
 from crackloc.inference.predictor import Predictor
 from crackloc.io import write_json
 from crackloc.training.fit import per_device_batch
-from crackloc.training.run import train_run
+from crackloc.training.pipeline import train_run
 
 
 @dataclass

@@ -9,12 +9,13 @@ metrics are gathered across processes before early stopping and the best checkpo
 
 Two ways to run several processes (`Ranks` tells which one a process is in):
 - `ddp` (Lightning's own launcher, torchrun, SLURM): every process runs the whole pipeline of
-  `crackloc.training.run`; rank 0 alone writes the run folder.
+  `crackloc.training.pipeline`; rank 0 alone writes the run folder.
 - `ddp_spawn`: the pipeline runs in one process and each `trainer.fit` spawns the workers.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 import signal
@@ -28,7 +29,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -37,7 +38,7 @@ from crackloc.data.dataset import DecodedSplit, PatchDataset
 from crackloc.errors import CracklocError
 from crackloc.models.registry import build_model
 from crackloc.tensors import resolve_precision
-from crackloc.training.module import CONFIG_KEY, EpochCSV, LitLocalizer, config_snapshot
+from crackloc.training.module import CONFIG_KEY, LitLocalizer
 
 STEP_CHECKPOINT_EVERY = 50  # train steps between "last" checkpoints, so a kill loses little
 
@@ -96,9 +97,10 @@ def train_precision(train_cfg: TrainConfig) -> str:
     return resolve_precision(train_cfg.precision, "cuda" if on_gpu else "cpu")
 
 
-def make_trainer(train_cfg: TrainConfig, ckpt_dir: Path, csv_path: Path, *, epochs: int,
+def make_trainer(train_cfg: TrainConfig, ckpt_dir: Path, log_dir: Path, *, epochs: int,
                  progress: bool) -> L.Trainer:
-    """A Trainer with best (by `train_cfg.select_by`) and last checkpoints, early stopping, an epoch CSV."""
+    """A Trainer with best (by `train_cfg.select_by`) and last checkpoints, early stopping, and
+    Lightning's `CSVLogger` in `log_dir/version_N/metrics.csv` (a new version per --resume; `epoch_rows`)."""
     monitor, mode = {"val_auroc": ("val_auroc", "max"), "val_loss": ("val_loss", "min")}.get(
         train_cfg.select_by, (None, "max"))
     selection = [] if monitor is None else [
@@ -113,7 +115,8 @@ def make_trainer(train_cfg: TrainConfig, ckpt_dir: Path, csv_path: Path, *, epoc
     return L.Trainer(
         max_epochs=epochs, **_trainer_kwargs(train_cfg),
         precision="bf16-mixed" if train_precision(train_cfg) == "bf16" else "32-true",
-        callbacks=[*selection, last_step, last_epoch, EpochCSV(csv_path)], logger=False, enable_progress_bar=progress,
+        callbacks=[*selection, last_step, last_epoch], logger=CSVLogger(log_dir.parent, name=log_dir.name),
+        enable_progress_bar=progress,
         enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=10,
     )
 
@@ -178,7 +181,7 @@ def _resume_path(last: Path, module: LitLocalizer) -> str | None:
     except Exception as exc:  # truncated, or holds objects that could run code
         raise CracklocError(f"{last}: cannot resume from this checkpoint ({type(exc).__name__}); "
                             "delete it to restart this training stage") from None
-    saved, now = ckpt.get(CONFIG_KEY), config_snapshot(module.model_cfg, module.train_cfg)
+    saved, now = ckpt.get(CONFIG_KEY), module.snapshot
     if isinstance(saved, dict):
         diff = [f"{k}: {saved.get(k)!r} there, {now.get(k)!r} now" for k in sorted(set(saved) | set(now))
                 if saved.get(k) != now.get(k)]
@@ -217,7 +220,7 @@ def fit_interruptibly(trainer: L.Trainer, *args: Any, **kwargs: Any) -> None:
 
 
 def fit_model(model_cfg: ModelConfig, train_cfg: TrainConfig, train: DecodedSplit, val: DecodedSplit, *,
-              ckpt_dir: Path, csv_path: Path, epochs: int, pseudo: torch.Tensor | None = None,
+              ckpt_dir: Path, log_dir: Path, epochs: int, pseudo: torch.Tensor | None = None,
               model: torch.nn.Module | None = None, progress: bool = True) -> torch.nn.Module:
     """Train `model_cfg` on `train`, select on `val`; resumes from `ckpt_dir/last.ckpt` if present.
 
@@ -231,7 +234,7 @@ def fit_model(model_cfg: ModelConfig, train_cfg: TrainConfig, train: DecodedSpli
         raise CracklocError(f"{len(val.labels)} validation images cannot be shared by {world_size(train_cfg)} "
                             "processes; use fewer devices or more validation images")
     module = LitLocalizer(model if model is not None else build_model(model_cfg), model_cfg, train_cfg)
-    trainer = make_trainer(train_cfg, ckpt_dir, csv_path, epochs=epochs, progress=progress)
+    trainer = make_trainer(train_cfg, ckpt_dir, Path(log_dir), epochs=epochs, progress=progress)
     last = ckpt_dir / "last.ckpt"
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -254,10 +257,35 @@ def fit_model(model_cfg: ModelConfig, train_cfg: TrainConfig, train: DecodedSpli
     return model.eval()
 
 
-def process_rank() -> int:
-    """This process's global rank once DDP has connected it (0 otherwise)."""
-    dist = torch.distributed
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+EPOCH_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_auroc", "val_acc")
+
+
+def epoch_rows(log_dir: str | Path) -> list[dict[str, float]]:
+    """One row per finished epoch (`EPOCH_COLUMNS`; step = optimizer steps after the epoch) from the
+    `CSVLogger` files of `log_dir/version_*/metrics.csv`. A later version (a --resume) replaces the
+    epochs it ran again; an epoch cut off before its end has no row; a torn last line is skipped."""
+    rows: list[dict[str, str]] = []
+    for version in sorted(Path(log_dir).glob("version_*"), key=lambda p: int(p.name.split("_")[-1])):
+        path = version / "metrics.csv"
+        if not path.is_file():
+            continue
+        with path.open(newline="", encoding="utf-8") as f:
+            new = [r for r in csv.DictReader(f) if (r.get("epoch") or "").isdigit() and (r.get("step") or "").isdigit()]
+        if new:
+            first = min(int(r["epoch"]) for r in new)
+            rows = [r for r in rows if int(r["epoch"]) < first] + new
+    out = []
+    for epoch in sorted({int(r["epoch"]) for r in rows}):
+        mine = [r for r in rows if int(r["epoch"]) == epoch]
+        if not any(r.get("train_loss_epoch") for r in mine):
+            continue
+
+        def last(key: str, rows: list[dict[str, str]] = mine) -> float:
+            return next((float(r[key]) for r in reversed(rows) if r.get(key)), float("nan"))
+        out.append({"epoch": epoch, "step": max(int(r["step"]) for r in mine) + 1,  # logged at global_step - 1
+                    "train_loss": last("train_loss_epoch"), "val_loss": last("val_loss"),
+                    "val_auroc": last("val_auroc"), "val_acc": last("val_acc")})
+    return out
 
 
 def _is_crackloc_train() -> bool:
@@ -267,6 +295,15 @@ def _is_crackloc_train() -> bool:
     spec = getattr(__main__, "__spec__", None)
     name = spec.name if spec is not None else Path(sys.argv[0]).name
     return name.startswith("crackloc") and sys.argv[1:2] == ["train"]
+
+
+def start(train_cfg: TrainConfig) -> Ranks:
+    """The processes that train together, started: the global batch is checked first (refused before
+    any other process starts), then Lightning's launcher starts a node's other processes (`Ranks.launch`)."""
+    per_device_batch(train_cfg)
+    ranks = Ranks(train_cfg)
+    ranks.launch()
+    return ranks
 
 
 class Ranks:
@@ -280,6 +317,7 @@ class Ranks:
 
     def __init__(self, train_cfg: TrainConfig | None = None) -> None:
         self.rank, self.world, self._strategy, self.connected = 0, 1, None, False
+        self.precision = train_precision(train_cfg) if train_cfg is not None else "32"  # what training runs in
         if train_cfg is None:
             return
         started = int(os.environ.get("WORLD_SIZE", "1")) if torch.distributed.is_torchelastic_launched() else 1
@@ -295,8 +333,8 @@ class Ranks:
             raise CracklocError(f"train.accelerator={train_cfg.accelerator} devices={train_cfg.devices} "
                                 f"num_nodes={train_cfg.num_nodes} strategy={train_cfg.strategy}: "
                                 f"{str(exc).splitlines()[0]}") from None
-        launcher = probe.strategy.launcher
-        if launcher is not None and not isinstance(launcher, _SubprocessScriptLauncher):
+        launcher = probe.strategy.launcher  # 'ddp' re-runs the script (not interactive-compatible), 'ddp_spawn'
+        if launcher is not None and (train_cfg.strategy == "ddp_spawn" or launcher.is_interactive_compatible):
             return  # ddp_spawn / ddp_fork: each fit spawns its workers
         if probe.world_size != world_size(train_cfg):  # torchrun / SLURM / Ray decide it, not the config
             raise CracklocError(f"the launcher started {probe.world_size} processes, but train.devices x "

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import time
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -16,7 +13,6 @@ from torchmetrics.classification import BinaryAUROC
 from crackloc.config import ModelConfig, TrainConfig
 from crackloc.data.confusers import add_confusers
 from crackloc.data.dataset import augment, mosaic, step_negatives, zoom_out
-from crackloc.io import atomic_write
 from crackloc.models.fusion import align_to
 from crackloc.tensors import to_input
 from crackloc.training.losses import pixel_loss
@@ -43,6 +39,7 @@ class LitLocalizer(L.LightningModule):
     def __init__(self, model: torch.nn.Module, model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
         super().__init__()
         self.model_cfg, self.train_cfg = model_cfg, train_cfg
+        self.snapshot = config_snapshot(model_cfg, train_cfg)  # what its checkpoints are made with
         self.model = model
         if train_cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -101,7 +98,7 @@ class LitLocalizer(L.LightningModule):
             metric.reset()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint[CONFIG_KEY] = config_snapshot(self.model_cfg, self.train_cfg)
+        checkpoint[CONFIG_KEY] = self.snapshot
 
     def configure_optimizers(self) -> torch.optim.Optimizer | dict:
         opt = torch.optim.Adam(self.model.parameters(), lr=self.train_cfg.lr, weight_decay=self.train_cfg.weight_decay)
@@ -110,31 +107,3 @@ class LitLocalizer(L.LightningModule):
         steps = max(int(self.trainer.estimated_stepping_batches), 1)  # all epochs of this fit
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-class EpochCSV(L.Callback):
-    """Append one row of logged metrics per epoch to a CSV (rewritten atomically; rank 0 only)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.t0 = time.time()
-
-    def on_train_epoch_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if not trainer.is_global_zero:  # the metrics are synced: rank 0 writes them for all
-            return
-        m = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        row = {"epoch": trainer.current_epoch, "step": trainer.global_step,
-               "train_loss": m.get("train_loss_epoch", float("nan")), "val_loss": m.get("val_loss"),
-               "val_auroc": m.get("val_auroc"), "val_acc": m.get("val_acc"),
-               "elapsed_s": round(time.time() - self.t0, 1)}
-        rows = []
-        if self.path.is_file():
-            with self.path.open(encoding="utf-8") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < row["epoch"]]
-        rows.append(row)
-
-        def write(f) -> None:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            w.writeheader()
-            w.writerows(rows)
-        atomic_write(self.path, write, binary=False)

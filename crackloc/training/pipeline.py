@@ -1,11 +1,15 @@
-"""`crackloc train`: split → teacher → pseudo masks → student → test evaluation, in one RUN folder.
+"""`crackloc train` as plain stages: check → record → teacher? → labels → model → finish, in one RUN folder.
+
+Each stage takes what the earlier ones made (`Prepared`, the teacher, the labels) and calls down
+only: into `crackloc.training.fit` (the one file that touches Lightning's Trainer, launcher and
+logger) to fit a model, and into `crackloc.training.sources` for the labels' recipe.
 
 RUN/
   config.yaml            the full RunConfig (data.manifest names the split manifest)
   split.csv              the manifest, unless an existing one was given
   teacher.pt, model.pt   crackloc model files (weights_only-safe)
   pseudo_masks.pt        cached teacher pseudo masks of the training split
-  teacher_epochs.csv, student_epochs.csv    per-epoch metrics
+  logs/{teacher,student}/version_N/metrics.csv   Lightning's CSVLogger (`fit.epoch_rows` reads them)
   checkpoints/{teacher,student}/            Lightning best/last (for --resume)
   metrics.json, metrics.md                  test metrics (written by evaluate)
 
@@ -17,7 +21,7 @@ Under DDP with `train.strategy` 'ddp' (`crackloc.training.fit.Ranks`) every proc
 pipeline: rank 0 checks, writes the run folder and sends the config and split rows to the
 others; every rank decodes the data and joins each `fit`; rank 0 makes (or reuses) the pseudo
 masks, saves them and sends them to the others; rank 0 alone writes teacher.pt, pseudo_masks.pt,
-model.pt and train_summary.json. Lightning's own checkpoints and epoch CSVs are rank 0's too.
+model.pt and train_summary.json. Lightning's own checkpoints and logs are rank 0's too.
 """
 
 from __future__ import annotations
@@ -47,20 +51,9 @@ from crackloc.io import save_torch, write_json
 from crackloc.models.checkpoint import load_model, save_model
 from crackloc.models.registry import build_model
 from crackloc.tensors import MAP_ALIGNMENT, predict_batches
-from crackloc.training.fit import Ranks, fit_model, per_device_batch, train_precision
-from crackloc.training.sources import SOURCES
+from crackloc.training.fit import Ranks, fit_model, start
+from crackloc.training.sources import LabelPlan, label_plan
 from crackloc.training.threshold import choose_threshold
-
-
-def student_pseudo(cfg: RunConfig, model: torch.nn.Module) -> tuple[str | None, tuple[int, int]]:
-    """Which pseudo masks the student trains against ('cam', 'ddt', 'refined' or None) and their size.
-
-    Every kind is made at the patch size (S, S): the training step augments masks with their
-    images at pixel level and only then pools them onto the student's cells (`LitLocalizer`), so
-    flips and rotations cannot move a target off the pixels its cell describes.
-    """
-    wants = model.uses_pseudo_masks and cfg.train.lambda_l1 > 0
-    return (model.pseudo_source if wants else None), (cfg.data.image_size, cfg.data.image_size)
 
 
 def link_file(src: Path, dst: Path) -> Path:
@@ -144,25 +137,7 @@ def build_models(cfg: RunConfig) -> tuple[Built, Built]:
         return Built(teacher, teacher_rng), Built(student, torch.get_rng_state())
 
 
-def train_teacher(cfg: RunConfig, out: Path, splits: dict[str, DecodedSplit], *, progress: bool,
-                  model: torch.nn.Module | None = None, ranks: Ranks | None = None) -> torch.nn.Module:
-    """Train (or reload) the CAM teacher on the training split (`model`: the teacher, built already).
-
-    Under DDP rank 0 decides whether teacher.pt exists and alone saves it.
-    """
-    ranks = ranks or Ranks()
-    path = out / "teacher.pt"
-    if ranks.broadcast(path.is_file()):
-        return load_model(path)[0]
-    teacher = fit_model(cfg.teacher, cfg.train, splits["train"], splits["val"], ckpt_dir=out / "checkpoints/teacher",
-                        csv_path=out / "teacher_epochs.csv", epochs=cfg.train.teacher_epochs, model=model,
-                        progress=progress)
-    if ranks.is_zero:
-        save_model(path, teacher, cfg.teacher, role="teacher")
-    return teacher
-
-
-def _cached(path: Path | None, train: DecodedSplit, source: str, grid: tuple[int, int],
+def cached_labels(path: Path | None, train: DecodedSplit, source: str, grid: tuple[int, int],
             target: str, origin: str | None = None) -> torch.Tensor | None:
     """The masks in a pseudo-mask cache file if it was made for these images, source, size, cell
     alignment, target kind and origin (`SOURCES[source].origin`; files from before `MAP_ALIGNMENT`, on a student's grid,
@@ -176,37 +151,30 @@ def _cached(path: Path | None, train: DecodedSplit, source: str, grid: tuple[int
     return cached["masks"] if fits else None
 
 
-def cached_pseudo_masks(cfg: RunConfig, out: Path, teacher: torch.nn.Module | None, train: DecodedSplit, *,
-                        source: str, grid: tuple[int, int], shared: Path | None = None,
-                        progress: bool) -> torch.Tensor:
-    """Pseudo masks ('cam': teacher CAM, 'ddt': DDT maps, 'refined': stage-2 pixel labels), made once.
+@dataclass
+class Prepared:
+    """A checked and recorded run: what every later stage reads (the same on every DDP rank)."""
 
-    Made at `grid` = the patch size, so they do not depend on the student (its cells are read
-    off them in the training step). Cached as RUN/pseudo_masks.pt and, with `shared`, also as
-    shared/pseudo_{source}[_soft]_{h}x{w}[_{digest}].pt for the other runs that share the teacher
-    (stage 2's labels carry the sha256 of the model file that made them; CAM masks their cut).
-    """
-    path = out / "pseudo_masks.pt"
-    kind = "" if cfg.train.pseudo_target == "binary" else f"_{cfg.train.pseudo_target}"
-    origin, suffix = SOURCES[source].origin(cfg)
-    keyed = shared / f"pseudo_{source}{kind}_{grid[0]}x{grid[1]}{suffix}.pt" if shared else None
-    for candidate in (path, keyed):
-        masks = _cached(candidate, train, source, grid, cfg.train.pseudo_target, origin)
-        if masks is not None:
-            if candidate != path:
-                link_file(candidate, path)
-            return masks
-    masks = SOURCES[source].make(cfg, teacher, train, grid, progress)
-    save_torch(path, {"paths": train.paths, "masks": masks, "source": source, "alignment": MAP_ALIGNMENT,
-                      "target": cfg.train.pseudo_target, "origin": origin})
-    if keyed is not None:
-        link_file(path, keyed)
-    return masks
+    cfg: RunConfig
+    out: Path  # RUN
+    shared: Path  # teacher_dir or RUN: teacher.pt and the keyed pseudo-mask cache
+    splits: dict[str, DecodedSplit]  # "train", "val"
+    teacher: Built
+    student: Built
+    plan: LabelPlan
+    ranks: Ranks
+    t0: float
+    progress: bool
+
+    @property
+    def trains(self) -> bool:
+        """False for a training-free floor (only its validation threshold is set)."""
+        return getattr(self.student.model, "trainable", True)
 
 
 def train_run(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
-              teacher_dir: str | Path | None = None) -> Path:
-    """Run the whole teacher → student pipeline; returns the path of the student's model file.
+              teacher_dir: str | Path | None = None) -> Path | None:
+    """Run the whole pipeline; → the path of the student's model file (None on DDP ranks other than 0).
 
     Every check that can refuse (run folder, data, manifest leaks, both classes in each split
     part, readable images, model weights) runs before anything is written into `out`.
@@ -216,26 +184,25 @@ def train_run(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress
     """
     out = Path(out)
     saved = out / "config.yaml"
-    train_cfg = (load_config(saved) if resume and saved.is_file() else cfg).train
-    per_device_batch(train_cfg)  # refused before any other process starts
-    ranks = Ranks(train_cfg)
-    ranks.launch()  # Lightning's launcher: a node's other processes start now, re-running this command
+    ranks = start((load_config(saved) if resume and saved.is_file() else cfg).train)
     if not ranks.is_zero:
-        return _follow_run(out, ranks, teacher_dir=teacher_dir)
+        _stages(_follow(out, ranks, teacher_dir=teacher_dir))
+        return None
     try:
         cfg = prepare_run(cfg, out, resume=resume)
         t0 = time.time()
         root, rows, stats = resolve_manifest(cfg, progress=progress)
         check_parts(cfg, rows)
         splits = load_splits(cfg, root, rows, ("train", "val"), progress=progress)
-        built = build_models(cfg)
+        teacher, student = build_models(cfg)
+        plan = label_plan(cfg, student.model)
         with undo_on_refusal(out, enabled=not resume):
             if stats is not None:
                 write_split(cfg, out, root, rows, stats)
             save_config(cfg, out / "config.yaml")
             ranks.broadcast(("run", asdict(cfg), str(root), rows))
-            return _train_pipeline(cfg, out, splits, built, t0=t0, teacher_dir=teacher_dir, progress=progress,
-                                   ranks=ranks)
+            shared = Path(teacher_dir) if teacher_dir is not None else out
+            return _stages(Prepared(cfg, out, shared, splits, teacher, student, plan, ranks, t0, progress))
     except CracklocError as exc:
         if ranks.world > 1 and not ranks.connected:  # refused before the others were told to start
             ranks.broadcast(("refused", str(exc)))
@@ -251,65 +218,111 @@ class RefusedOnRankZero(CracklocError):
     """Rank 0 refused the run (and says why); the other DDP processes stop quietly."""
 
 
-def _follow_run(out: Path, ranks: Ranks, *, teacher_dir: str | Path | None) -> Path:
-    """A DDP rank other than 0: take the config and split rows rank 0 checked, decode, train alongside."""
+def _follow(out: Path, ranks: Ranks, *, teacher_dir: str | Path | None) -> Prepared:
+    """A DDP rank other than 0: take the config and split rows rank 0 checked, decode, build."""
     message = ranks.broadcast(None)
     if message[0] == "refused":
         raise RefusedOnRankZero(message[1])
     _, cfg_dict, root, rows = message
     cfg = from_dict(RunConfig, cfg_dict)
     splits = load_splits(cfg, Path(root), rows, ("train", "val"), progress=False)
-    built = build_models(cfg)
-    return _train_pipeline(cfg, out, splits, built, t0=time.time(), teacher_dir=teacher_dir, progress=False,
-                           ranks=ranks)
-
-
-def _train_pipeline(cfg: RunConfig, out: Path, splits: dict[str, DecodedSplit], built: tuple[Built, Built], *,
-                    t0: float, teacher_dir: str | Path | None, progress: bool, ranks: Ranks | None = None) -> Path:
-    """Teacher, pseudo masks, student, validation threshold and model file of a prepared run."""
-    ranks = ranks or Ranks()
+    teacher, student = build_models(cfg)
     shared = Path(teacher_dir) if teacher_dir is not None else out
-    if ranks.is_zero:
-        shared.mkdir(parents=True, exist_ok=True)
-    if not getattr(built[1].model, "trainable", True):  # a training-free floor: only the val threshold
-        if ranks.is_zero:
-            _finish(cfg, out, splits, built[1].model, t0=t0)
-        ranks.barrier()
-        return out / "model.pt"
-    source, grid = student_pseudo(cfg, built[1].model)
-    teacher = None
-    if source is None or SOURCES[source].needs_teacher:  # stage 2 learns from model.init_from instead
-        teacher = train_teacher(cfg, shared, splits, progress=progress,
-                                model=built[0].resume_rng(cfg.train.seed), ranks=ranks)
-        if shared != out and ranks.is_zero:
-            link_file(shared / "teacher.pt", out / "teacher.pt")
-    student = built[1].resume_rng(cfg.train.seed)  # the pseudo-mask pass below draws no random numbers
-    pseudo = None
-    if source is not None:
-        if ranks.is_zero:  # rank 0 makes (or reuses) and saves them; the others get the same tensor
-            pseudo = cached_pseudo_masks(cfg, out, teacher, splits["train"], source=source, grid=grid,
-                                         shared=shared if shared != out else None,
-                                         progress=progress)
-        pseudo = ranks.broadcast(pseudo)
-    model = fit_model(cfg.model, cfg.train, splits["train"], splits["val"], ckpt_dir=out / "checkpoints/student",
-                      csv_path=out / "student_epochs.csv", epochs=cfg.train.epochs, pseudo=pseudo,
-                      model=student, progress=progress)
-    if ranks.is_zero:
-        _finish(cfg, out, splits, model, t0=t0)
-    ranks.barrier()  # model.pt is complete before any process returns its path
+    return Prepared(cfg, out, shared, splits, teacher, student, label_plan(cfg, student.model), ranks,
+                    time.time(), False)
+
+
+def _stages(p: Prepared) -> Path:
+    """teacher? → labels → model → finish."""
+    if p.ranks.is_zero:
+        p.shared.mkdir(parents=True, exist_ok=True)
+    teacher = teacher_stage(p)
+    labels = labels_stage(p, teacher)
+    return finish_stage(p, model_stage(p, labels))
+
+
+def teacher_stage(p: Prepared) -> torch.nn.Module | None:
+    """Train (or reload) the CAM teacher when the labels need one; rank 0 decides whether teacher.pt
+    exists and alone saves it (and links it into RUN when it lives in a shared folder)."""
+    if not (p.trains and p.plan.needs_teacher):
+        return None
+    cfg, path = p.cfg, p.shared / "teacher.pt"
+    if p.ranks.broadcast(path.is_file()):
+        teacher = load_model(path)[0]
+    else:
+        teacher = fit_model(cfg.teacher, cfg.train, p.splits["train"], p.splits["val"],
+                            ckpt_dir=p.shared / "checkpoints/teacher", log_dir=p.shared / "logs/teacher",
+                            epochs=cfg.train.teacher_epochs, model=p.teacher.resume_rng(cfg.train.seed),
+                            progress=p.progress)
+        if p.ranks.is_zero:
+            save_model(path, teacher, cfg.teacher, role="teacher")
+    if p.shared != p.out and p.ranks.is_zero:
+        link_file(path, p.out / "teacher.pt")
+    return teacher
+
+
+def labels_stage(p: Prepared, teacher: torch.nn.Module | None) -> torch.Tensor | None:
+    """The student's pseudo masks, or None: rank 0 makes (or reuses) and saves them; the others get the same tensor."""
+    if not p.trains or p.plan.source is None:
+        return None
+    masks = None
+    if p.ranks.is_zero:
+        masks = cached_pseudo_masks(p, teacher)
+    return p.ranks.broadcast(masks)
+
+
+def cached_pseudo_masks(p: Prepared, teacher: torch.nn.Module | None) -> torch.Tensor:
+    """Pseudo masks ('cam': teacher CAM, 'ddt': DDT maps, 'refined': stage-2 pixel labels), made once.
+
+    Made at the patch size, so they do not depend on the student (its cells are read off them
+    in the training step). Cached as RUN/pseudo_masks.pt and, in a shared teacher folder, also as
+    shared/pseudo_{source}[_soft]_{h}x{w}[_{digest}].pt for the other runs that share the teacher
+    (stage 2's labels carry the sha256 of the model file that made them; CAM masks their cut).
+    """
+    cfg, plan, train = p.cfg, p.plan, p.splits["train"]
+    path, (h, w) = p.out / "pseudo_masks.pt", plan.grid
+    kind = "" if cfg.train.pseudo_target == "binary" else f"_{cfg.train.pseudo_target}"
+    keyed = p.shared / f"pseudo_{plan.source}{kind}_{h}x{w}{plan.suffix}.pt" if p.shared != p.out else None
+    for candidate in (path, keyed):
+        masks = cached_labels(candidate, train, plan.source, plan.grid, cfg.train.pseudo_target, plan.origin)
+        if masks is not None:
+            if candidate != path:
+                link_file(candidate, path)
+            return masks
+    masks = plan.make(cfg, teacher, train, plan.grid, p.progress)
+    save_torch(path, {"paths": train.paths, "masks": masks, "source": plan.source, "alignment": MAP_ALIGNMENT,
+                      "target": cfg.train.pseudo_target, "origin": plan.origin})
+    if keyed is not None:
+        link_file(path, keyed)
+    return masks
+
+
+def model_stage(p: Prepared, labels: torch.Tensor | None) -> torch.nn.Module:
+    """Fit the student (a training-free floor is kept as built). Its random state is restored right
+    before the fit, so the run does not depend on whether the labels were made or found cached."""
+    cfg = p.cfg
+    student = p.student.resume_rng(cfg.train.seed)
+    if not p.trains:
+        return student
+    return fit_model(cfg.model, cfg.train, p.splits["train"], p.splits["val"], ckpt_dir=p.out / "checkpoints/student",
+                     log_dir=p.out / "logs/student", epochs=cfg.train.epochs, pseudo=labels, model=student,
+                     progress=p.progress)
+
+
+def finish_stage(p: Prepared, model: torch.nn.Module) -> Path:
+    """Rank 0: validation threshold, train_summary.json and model.pt; every rank waits until they are written."""
+    cfg, out, splits = p.cfg, p.out, p.splits
+    if p.ranks.is_zero:
+        val_probs, _ = predict_batches(model, splits["val"].images, precision=cfg.train.precision)
+        threshold = choose_threshold(val_probs, splits["val"].labels)
+        failed = split_failures(out) + [f for s in splits.values() for f in s.failed]
+        meta = {"role": "student", "val_threshold": threshold, "train_seconds": round(time.time() - p.t0, 1),
+                "n_train": len(splits["train"].labels), "n_val": len(splits["val"].labels),
+                "precision": p.ranks.precision, "pretrained": cfg.model.pretrained,
+                "pretrained_source": getattr(model, "pretrained_source", None)
+                or getattr(getattr(model, "backbone", None), "pretrained_source", "none"),
+                "failed_images": failed}
+        write_json(out / "train_summary.json", meta)
+        save_model(out / "model.pt", model, cfg.model, **meta)
+    p.ranks.barrier()  # model.pt is complete before any process returns its path
     return out / "model.pt"
-
-
-def _finish(cfg: RunConfig, out: Path, splits: dict[str, DecodedSplit], model: torch.nn.Module, *, t0: float) -> Path:
-    """Validation threshold, train_summary.json and model.pt (rank 0)."""
-    val_probs, _ = predict_batches(model, splits["val"].images, precision=cfg.train.precision)
-    threshold = choose_threshold(val_probs, splits["val"].labels)
-    failed = split_failures(out) + [f for s in splits.values() for f in s.failed]
-    meta = {"role": "student", "val_threshold": threshold, "train_seconds": round(time.time() - t0, 1),
-            "n_train": len(splits["train"].labels), "n_val": len(splits["val"].labels),
-            "precision": train_precision(cfg.train), "pretrained": cfg.model.pretrained,
-            "pretrained_source": getattr(model, "pretrained_source", None)
-            or getattr(getattr(model, "backbone", None), "pretrained_source", "none"),
-            "failed_images": failed}
-    write_json(out / "train_summary.json", meta)
-    return save_model(out / "model.pt", model, cfg.model, **meta)

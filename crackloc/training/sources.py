@@ -20,7 +20,7 @@ from crackloc.io import file_digest
 from crackloc.models.checkpoint import load_model
 from crackloc.training.ddt import ddt_pseudo_masks
 from crackloc.training.pseudo import pseudo_masks
-from crackloc.training.refine_labels import refined_labels, self_training_labels
+from crackloc.training.refine_labels import LABELS_VERSION, refined_labels, self_training_labels
 
 DEFAULT_PSEUDO_PERCENTILE = TrainConfig.pseudo_percentile
 Maker = Callable[[RunConfig, "torch.nn.Module | None", DecodedSplit, tuple[int, int], bool], torch.Tensor]
@@ -77,11 +77,11 @@ def _cam_origin(cfg: RunConfig) -> tuple[str | None, str]:
 
 
 def _model_file_origin(cfg: RunConfig) -> tuple[str | None, str]:
-    """Stage 2: the model file that made the labels (its sha256)."""
+    """Stage 2: the model file that made the labels (its sha256) and the labelling code's `LABELS_VERSION`."""
     if not cfg.model.init_from:
         return None, ""
     digest = file_digest(cfg.model.init_from)
-    return digest, f"_{digest[:12]}"
+    return f"{digest}:{LABELS_VERSION}", f"_{digest[:12]}_{LABELS_VERSION}"
 
 
 SOURCES: dict[str, PseudoSource] = {
@@ -89,3 +89,34 @@ SOURCES: dict[str, PseudoSource] = {
     "ddt": PseudoSource(needs_teacher=True, make=_ddt, origin=lambda cfg: (None, "")),
     "refined": PseudoSource(needs_teacher=False, make=_refined, origin=_model_file_origin),
 }
+
+
+@dataclass(frozen=True)
+class LabelPlan:
+    """What a student learns from, decided once from the config and the built student.
+
+    Attributes:
+        source: 'cam', 'ddt', 'refined' (a `SOURCES` key), or None (image labels only).
+        needs_teacher: a CAM teacher is trained first (also for image labels only: the paper's pipeline).
+        grid: (S, S): every kind is made at the patch size; the training step augments masks with
+            their images at pixel level and only then pools them onto the student's cells.
+        make, origin, suffix: the source's maker, what else decides the masks, their cache-name suffix.
+    """
+
+    source: str | None
+    needs_teacher: bool
+    grid: tuple[int, int]
+    make: Maker | None = None
+    origin: str | None = None
+    suffix: str = ""
+
+
+def label_plan(cfg: RunConfig, student: torch.nn.Module) -> LabelPlan:
+    """The `LabelPlan` of a run whose student is `student`."""
+    grid = (cfg.data.image_size, cfg.data.image_size)
+    if not (student.uses_pseudo_masks and cfg.train.lambda_l1 > 0):
+        return LabelPlan(source=None, needs_teacher=True, grid=grid)
+    entry = SOURCES[student.pseudo_source]
+    origin, suffix = entry.origin(cfg)
+    return LabelPlan(source=student.pseudo_source, needs_teacher=entry.needs_teacher, grid=grid, make=entry.make,
+                     origin=origin, suffix=suffix)

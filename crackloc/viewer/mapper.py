@@ -15,7 +15,6 @@ import logging
 import math
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -111,29 +110,24 @@ def estimate_tiles(height: int, width: int, cfg: InferenceConfig, *, scale: floa
 
 
 class LRU:
-    """A small thread-safe least-recently-used dict."""
+    """A thread-safe least-recently-used cache: cachetools' `LRUCache` behind a lock."""
 
     def __init__(self, capacity: int) -> None:
-        self.capacity = max(1, capacity)
-        self._d: OrderedDict[Any, Any] = OrderedDict()
+        from cachetools import LRUCache
+
+        self._cache: LRUCache = LRUCache(maxsize=max(1, capacity))
         self._lock = threading.Lock()
 
     def get(self, key: Any) -> Any:
         with self._lock:
-            if key not in self._d:
-                return None
-            self._d.move_to_end(key)
-            return self._d[key]
+            return self._cache.get(key)  # a hit becomes the most recently used
 
     def put(self, key: Any, value: Any) -> None:
         with self._lock:
-            self._d[key] = value
-            self._d.move_to_end(key)
-            while len(self._d) > self.capacity:
-                self._d.popitem(last=False)
+            self._cache[key] = value
 
     def __len__(self) -> int:
-        return len(self._d)
+        return len(self._cache)
 
 
 class PhotoMapper:
