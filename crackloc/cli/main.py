@@ -11,6 +11,7 @@ import os
 import sys
 import warnings
 
+import crackloc.cli.compare  # noqa: F401  (registers compare)
 import crackloc.cli.experiment  # noqa: F401  (registers experiment, report)
 import crackloc.cli.predict  # noqa: F401  (registers predict, demo, evaluate-localization, export)
 import crackloc.cli.serve  # noqa: F401  (registers serve)
@@ -18,7 +19,7 @@ import crackloc.cli.train  # noqa: F401  (registers split, train, evaluate)
 from crackloc.cli.registry import COMMANDS, OneLineParser, check_numeric_options
 from crackloc.errors import CracklocError
 
-ORDER = ("split", "train", "evaluate", "predict", "demo", "evaluate-localization", "export", "experiment",
+ORDER = ("split", "train", "evaluate", "predict", "compare", "demo", "evaluate-localization", "export", "experiment",
          "report", "serve")  # as listed by `crackloc --help`
 
 ON_INTERRUPT = {  # what the one line after Ctrl-C tells the user to do

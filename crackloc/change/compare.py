@@ -1,0 +1,155 @@
+"""`crackloc compare BEFORE AFTER`: register, map both photos alike, match cracks, write the change.
+
+OUT/
+  changes.json          the pair (files, sha256), the registration (homography AFTER → BEFORE,
+                        residual, inliers, overlap), the model and settings, counts, one entry per crack
+  changes.csv           one row per crack (`CrackChange.to_dict`)
+  change_overlay.png    BEFORE with unchanged cracks grey, grown parts orange, new cracks red, cracks
+                        no longer visible blue, each labelled by its id
+  after_registered.png  AFTER resampled into BEFORE's frame
+Every file is written atomically; a pair that cannot be registered writes nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from scipy import ndimage as ndi
+
+from crackloc.change.cracks import TOLERANCE_PX, ChangeReport, compare_masks
+from crackloc.change.register import Registration, register
+from crackloc.errors import CracklocError
+from crackloc.inference.predictor import Predictor
+from crackloc.io import (
+    DEFAULT_MAX_PIXELS,
+    file_digest,
+    load_rgb,
+    rgb_to_tensor,
+    save_png,
+    write_json,
+    write_text,
+)
+from crackloc.tensors import MASK_LEVEL
+
+COLOURS = {"unchanged": (170, 170, 170), "grown": (255, 140, 0), "new": (230, 20, 20),
+           "no longer visible": (40, 120, 255), "not in after": (120, 120, 120)}
+CSV_COLUMNS = ("id", "status", "length_before_px", "length_after_px", "length_added_px", "mean_width_before_px",
+               "mean_width_after_px", "max_width_before_px", "max_width_after_px", "width_change_px")
+
+
+class RegistrationError(CracklocError):
+    """The two photos cannot be registered: not one surface, too little overlap, a blank photo."""
+
+
+@dataclass
+class PairResult:
+    """What `compare_photos` found: the registration and the crack changes."""
+
+    registration: Registration
+    report: ChangeReport
+    before_map: np.ndarray  # float [H,W], BEFORE's heatmap
+    after_map: np.ndarray  # float [H,W], AFTER's heatmap in BEFORE's frame (0 where AFTER shows nothing)
+
+
+def map_pair(predictor: Predictor, before: np.ndarray, after: np.ndarray, *, mm_per_px: float | None = None,
+             tolerance: float = TOLERANCE_PX) -> PairResult:
+    """Register AFTER onto BEFORE (uint8 [H,W,3] each), map both with `predictor`, compare their crack masks.
+
+    Raises:
+        RegistrationError: the pair cannot be registered (before any model runs).
+    """
+    try:
+        reg = register(before, after)
+    except CracklocError as exc:
+        raise RegistrationError(str(exc)) from None
+    before_map = predictor.predict(rgb_to_tensor(before)).heatmap.numpy()  # [H,W]
+    after_own = predictor.predict(rgb_to_tensor(after)).heatmap.numpy()  # [h,w] AFTER's frame
+    seen = reg.valid  # [H,W] bool
+    after_map = np.where(seen, reg.warp(after_own), 0.0).astype(np.float32)
+    report = compare_masks(before_map >= MASK_LEVEL, after_map >= MASK_LEVEL, seen=seen, mm_per_px=mm_per_px,
+                           tolerance=tolerance)
+    return PairResult(reg, report, before_map, after_map)
+
+
+def compare_photos(predictor: Predictor, before: str | Path, after: str | Path, out: str | Path, *,
+                   mm_per_px: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                   tolerance: float = TOLERANCE_PX) -> PairResult:
+    """Compare two photos of one surface and write OUT's files (module docstring).
+
+    Raises:
+        CracklocError: a missing or unreadable photo, or a pair that cannot be registered (one
+            line naming both files; nothing is written).
+    """
+    before, after, out = Path(before), Path(after), Path(out)
+    images = [load_rgb(p, max_pixels=max_pixels) for p in (before, after)]
+    try:
+        result = map_pair(predictor, *images, mm_per_px=mm_per_px, tolerance=tolerance)
+    except RegistrationError as exc:
+        raise RegistrationError(f"{before.name} / {after.name}: {exc}") from None
+    out.mkdir(parents=True, exist_ok=True)
+    reg, report = result.registration, result.report
+    write_json(out / "changes.json", {
+        "before": str(before), "after": str(after), "before_sha256": file_digest(before),
+        "after_sha256": file_digest(after), "model": predictor.model_id,
+        "registration": registration_dict(reg), "tolerance_px": tolerance, "map_threshold": MASK_LEVEL,
+        **report.to_dict()})
+    write_text(out / "changes.csv", changes_csv(report))
+    save_png(out / "change_overlay.png", draw_changes(images[0], report))
+    save_png(out / "after_registered.png", reg.warp(images[1]))
+    return result
+
+
+def registration_dict(reg: Registration) -> dict:
+    """changes.json's account of the registration."""
+    return {"homography_after_to_before": [[round(float(v), 9) for v in row] for row in reg.homography],
+            "rms_px": round(reg.rms_px, 3), "inliers": reg.inliers, "overlap": round(reg.overlap, 4),
+            "refined": reg.refined, "before_size": list(reg.before_shape[::-1]), "after_size": list(reg.after_shape[::-1])}
+
+
+def changes_csv(report: ChangeReport) -> str:
+    """One row per crack: `CSV_COLUMNS`, then the mm columns when a scale is known, then the box."""
+    rows = [c.to_dict() for c in report.changes]
+    mm = [k for k in (rows[0] if rows else {}) if k.endswith("_mm")]
+    columns = [*CSV_COLUMNS, *mm, "bbox_x0", "bbox_y0", "bbox_x1", "bbox_y1"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        x0, y0, x1, y1 = row.pop("bbox")
+        writer.writerow({**row, "bbox_x0": x0, "bbox_y0": y0, "bbox_x1": x1, "bbox_y1": y1})
+    return buf.getvalue()
+
+
+def draw_changes(before: np.ndarray, report: ChangeReport) -> np.ndarray:
+    """BEFORE (uint8 [H,W,3], dimmed) with each crack drawn in its status colour, grown parts orange on
+    top, and its id beside it: → uint8 [H,W,3]."""
+    h, w = before.shape[:2]
+    thick = max(1, round(max(h, w) / 800))
+    canvas = (before.astype(np.float32) * 0.6).astype(np.uint8)
+    for change in report.changes:
+        colour = COLOURS["unchanged" if change.status == "grown" else change.status]
+        _paint(canvas, change.skeleton, colour, thick)
+        if change.status == "grown":
+            _paint(canvas, change.added, COLOURS["grown"], thick + 1)
+    img = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(img)
+    for change in report.changes:
+        x0, y0 = change.bbox[:2]
+        draw.text((x0, max(0, y0 - 12)), f"#{change.id}", fill=COLOURS[change.status])
+    return np.asarray(img)
+
+
+def _paint(canvas: np.ndarray, pixels: np.ndarray, colour: tuple[int, int, int], thick: int) -> None:
+    """Colour `pixels` ([N,2] (y, x)) of `canvas` in place, grown by `thick` − 1 px."""
+    if not len(pixels):
+        return
+    mask = np.zeros(canvas.shape[:2], bool)
+    mask[pixels[:, 0], pixels[:, 1]] = True
+    if thick > 1:
+        mask = ndi.binary_dilation(mask, iterations=thick - 1)
+    canvas[mask] = colour

@@ -1,0 +1,247 @@
+"""Crack change between two crack masks of one surface, both in BEFORE's pixel frame.
+
+Each mask is cut into cracks as `predict --geometry` cuts it (`measure_cracks`: 8-connected
+components of at least `min_area` px, length along the skeleton, width by the one definition of
+`crackloc.imageops.width`). Then:
+
+- Gaps up to `BRIDGE_PX` px wide do not cut a crack: each mask gets the 1 px skeleton of its
+  dilation by a disk added, which runs through such gaps (a thin crack mapped in pieces, or
+  resampled by the registration, stays one crack). Widths are averaged over the original mask's
+  pixels only, so the bridges add length but no width.
+- An AFTER crack whose skeleton lies within `tolerance` px of a BEFORE crack's pixels along at
+  least `MATCH_SHARE` of its length is that crack; AFTER cracks that share a BEFORE crack, and
+  BEFORE cracks that one AFTER crack joins, are one crack (with the lowest BEFORE id); any other
+  AFTER crack is **new**.
+- A matched crack has **grown** when its length exceeds that of the BEFORE crack(s) it covers, in
+  the part of BEFORE that AFTER shows, by at least `max(GROWN_MIN_PX, GROWN_MIN_SHARE × length before)`, or its mean width along the
+  part that was there before rose by at least `WIDENED_MIN_PX`; else it is **unchanged**.
+- Where it grew: the AFTER skeleton pixels farther than `tolerance` from every BEFORE crack.
+- A BEFORE crack with no AFTER crack within `tolerance` is **no longer visible** (inside the
+  part of BEFORE that AFTER shows; outside it, **not in after**).
+
+Ids: BEFORE's cracks keep their geometry index (raster order), new cracks are numbered on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from skimage.morphology import skeletonize
+
+from crackloc.imageops.width import local_width_map
+from crackloc.inference.geometry import Crack, measure_cracks
+
+TOLERANCE_PX = 4.0  # the same crack within this distance after registration
+MATCH_SHARE = 0.3  # of an AFTER crack's skeleton near BEFORE cracks: the same crack
+GROWN_MIN_PX = 10.0  # added length that counts as growth: at least this, and
+GROWN_MIN_SHARE = 0.05  # this share of the length before
+WIDENED_MIN_PX = 0.8  # mean width increase that counts as growth (binary masks resampled by a registration
+#                       differ by up to about 0.7 px on unchanged cracks)
+BRIDGE_PX = 4  # gaps up to this wide are closed before cracks are cut apart
+STATUSES = ("new", "grown", "unchanged", "no longer visible", "not in after")
+
+
+@dataclass
+class CrackChange:
+    """One crack of the pair: its status and sizes before and after (px; mm with a scale)."""
+
+    id: int
+    status: str  # one of STATUSES
+    length_before_px: float
+    length_after_px: float
+    length_added_px: float
+    mean_width_before_px: float
+    mean_width_after_px: float
+    max_width_before_px: float
+    max_width_after_px: float
+    bbox: tuple[int, int, int, int]  # (x0, y0, x1, y1) in BEFORE's frame, of both states
+    mm_per_px: float | None = None
+    added: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64), repr=False,
+                              compare=False)  # [N,2] (y, x): where it grew
+    skeleton: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64), repr=False,
+                                 compare=False)  # [N,2] (y, x): the crack now (before, when gone)
+
+    @property
+    def width_change_px(self) -> float:
+        return self.mean_width_after_px - self.mean_width_before_px
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/CSV row: px values, and mm values when a scale is known."""
+        px = {"length_before": self.length_before_px, "length_after": self.length_after_px,
+              "length_added": self.length_added_px, "mean_width_before": self.mean_width_before_px,
+              "mean_width_after": self.mean_width_after_px, "max_width_before": self.max_width_before_px,
+              "max_width_after": self.max_width_after_px, "width_change": self.width_change_px}
+        row: dict[str, Any] = {"id": self.id, "status": self.status}
+        row.update({f"{k}_px": round(v, 2) for k, v in px.items()})
+        if self.mm_per_px is not None:
+            row.update({f"{k}_mm": round(v * self.mm_per_px, 3) for k, v in px.items()})
+        row["bbox"] = list(self.bbox)
+        return row
+
+
+@dataclass
+class ChangeReport:
+    """Every crack of a pair, BEFORE's ids first; counts by status."""
+
+    changes: list[CrackChange]
+    mm_per_px: float | None = None
+
+    def count(self, status: str) -> int:
+        return sum(c.status == status for c in self.changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mm_per_px": self.mm_per_px, "counts": {s: self.count(s) for s in STATUSES},
+                "length_added_px": round(sum(c.length_added_px for c in self.changes), 2),
+                "cracks": [c.to_dict() for c in self.changes]}
+
+
+def _box(*skeletons: np.ndarray) -> tuple[int, int, int, int]:
+    pts = np.concatenate([s for s in skeletons if len(s)]) if any(len(s) for s in skeletons) else np.zeros((1, 2))
+    return int(pts[:, 1].min()), int(pts[:, 0].min()), int(pts[:, 1].max()) + 1, int(pts[:, 0].max()) + 1
+
+
+def _near(after: list[Crack], near: np.ndarray, owner: np.ndarray, tolerance: float
+          ) -> list[tuple[list[int], np.ndarray]]:
+    """Each AFTER crack → (the BEFORE labels it lies on, its skeleton's 'near a BEFORE crack' flags)."""
+    out = []
+    for crack in after:
+        ys, xs = crack.skeleton[:, 0], crack.skeleton[:, 1]
+        close = near[ys, xs] <= tolerance  # [N]
+        labels = sorted(set(owner[ys[close], xs[close]].tolist())) if close.mean() >= MATCH_SHARE else []
+        out.append((labels, close))
+    return out
+
+
+def _groups(links: list[list[int]], n_labels: int) -> np.ndarray:
+    """Group id of each AFTER crack: AFTER cracks sharing a BEFORE label are one group (connected
+    components of the AFTER–BEFORE links; a crack without links is a group of its own)."""
+    n = len(links)
+    rows = [i for i, labels in enumerate(links) for _ in labels]
+    cols = [n + label for labels in links for label in labels]
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n + n_labels + 1,) * 2)
+    return connected_components(graph, directed=False)[1][:n]
+
+
+def bridge(mask: np.ndarray) -> np.ndarray:
+    """`mask` plus 1 px lines through its gaps up to `BRIDGE_PX` wide: the skeleton of its dilation by
+    a disk of radius `BRIDGE_PX` / 2 (bool [H,W] → bool [H,W])."""
+    r = BRIDGE_PX // 2
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1]
+    return mask | skeletonize(ndi.binary_dilation(mask, structure=yy**2 + xx**2 <= r * r))
+
+
+@dataclass
+class _Widths:
+    """Mean and max crack width along each crack's skeleton, over the pixels of the unbridged mask."""
+
+    width: np.ndarray  # float [H,W], `local_width_map` of the bridged mask
+    mapped: np.ndarray  # bool [H,W], the mask before bridging
+
+    def along(self, skeleton: np.ndarray) -> np.ndarray:
+        ys, xs = skeleton[:, 0], skeleton[:, 1]
+        on = self.mapped[ys, xs]
+        w = self.width[ys[on], xs[on]] if on.any() else self.width[ys, xs]  # [N]
+        return w if w.size else np.zeros(1)
+
+    def of(self, crack: Crack) -> tuple[float, float]:
+        w = self.along(crack.skeleton)
+        return float(w.mean()), float(w.max())
+
+
+def compare_masks(before: np.ndarray, after: np.ndarray, *, seen: np.ndarray | None = None,
+                  mm_per_px: float | None = None, tolerance: float = TOLERANCE_PX,
+                  min_area: int = 20) -> ChangeReport:
+    """Crack changes from BEFORE's mask to AFTER's (bool [H,W], AFTER registered onto BEFORE's frame).
+
+    Args:
+        before, after: Crack masks (map ≥ the mask level) in BEFORE's frame.
+        seen: bool [H,W], the part of BEFORE that AFTER shows (default: all of it).
+        mm_per_px: BEFORE's scale, to report millimetres too.
+        tolerance: px within which an AFTER crack is the BEFORE crack it lies on.
+        min_area: Smaller components are noise (as `measure_cracks`).
+    """
+    mapped_before, mapped_after = np.asarray(before, bool), np.asarray(after, bool)
+    before, after = bridge(mapped_before), bridge(mapped_after)
+    seen = np.ones_like(before) if seen is None else np.asarray(seen, bool)
+    wb, wa = _Widths(local_width_map(before), mapped_before), _Widths(local_width_map(after), mapped_after)
+    old = measure_cracks(before, min_area=min_area).cracks
+    new = measure_cracks(after, min_area=min_area).cracks
+    labels, n_labels = ndi.label(before, structure=np.ones((3, 3), bool))  # [H,W] same components as `old`
+    label_of = {int(labels[c.skeleton[0, 0], c.skeleton[0, 1]]): c for c in old if len(c.skeleton)}
+    near, (iy, ix) = ndi.distance_transform_edt(~before, return_indices=True)  # [H,W] to the nearest crack px
+    links = _near(new, near, labels[iy, ix], tolerance)
+    links = [([m for m in found if m in label_of], close) for found, close in links]
+    group = _groups([found for found, _ in links], n_labels)
+    changes, covered, next_id = {}, set(), len(old) + 1
+    for g in dict.fromkeys(group.tolist()):
+        members = [i for i in range(len(new)) if group[i] == g]
+        was = [label_of[m] for m in sorted({m for i in members for m in links[i][0]}, key=lambda m: label_of[m].index)]
+        if not was:  # lies on no BEFORE crack
+            for i in members:
+                changes[next_id] = _new(next_id, new[i], wa.of(new[i]), mm_per_px)
+                next_id += 1
+            continue
+        covered.update(c.index for c in was)
+        sks = [(new[i].skeleton, links[i][1]) for i in members]
+        added = np.concatenate([sk[~close] for sk, close in sks])
+        there = np.concatenate([wa.along(sk[close]) for sk, close in sks if close.any()])
+        shown = sum(c.length_px * _share(c, seen) for c in was)  # BEFORE's length where AFTER could show it
+        changes[was[0].index] = _kept([new[i] for i in members], was, shown, added, there, (wb, wa), tolerance, mm_per_px)
+    for crack in old:
+        if crack.index not in covered:
+            status = "no longer visible" if _share(crack, seen) >= 0.5 else "not in after"
+            changes[crack.index] = _gone(crack, status, wb.of(crack), mm_per_px)
+    return ChangeReport([changes[k] for k in sorted(changes)], mm_per_px=mm_per_px)
+
+
+def _new(id_: int, crack: Crack, widths: tuple[float, float], mm_per_px: float | None) -> CrackChange:
+    return CrackChange(id_, "new", 0.0, crack.length_px, crack.length_px, 0.0, widths[0], 0.0, widths[1],
+                       _box(crack.skeleton), mm_per_px, added=crack.skeleton, skeleton=crack.skeleton)
+
+
+def _gone(crack: Crack, status: str, widths: tuple[float, float], mm_per_px: float | None) -> CrackChange:
+    return CrackChange(crack.index, status, crack.length_px, 0.0, 0.0, widths[0], 0.0, widths[1], 0.0,
+                       _box(crack.skeleton), mm_per_px, skeleton=crack.skeleton)
+
+
+def _share(crack: Crack, seen: np.ndarray) -> float:
+    """Share of `crack`'s skeleton inside `seen` (1 for an empty skeleton)."""
+    return float(seen[crack.skeleton[:, 0], crack.skeleton[:, 1]].mean()) if len(crack.skeleton) else 1.0
+
+
+def _added_length(added: np.ndarray, now: list[Crack], tolerance: float) -> float:
+    """Length (px) of the added skeleton pixels `added` ([N,2] (y, x)): each 8-connected run counts its
+    pixels at the crack's own length per skeleton pixel, plus the `tolerance` px next to the old
+    crack that the run's start hides (they are near it, so they are not among `added`)."""
+    if not len(added):
+        return 0.0
+    step = sum(c.length_px for c in now) / max(sum(len(c.skeleton) for c in now), 1)  # px per skeleton px
+    y0, x0 = added.min(0)
+    grid = np.zeros(tuple(added.max(0) - added.min(0) + 1), bool)
+    grid[added[:, 0] - y0, added[:, 1] - x0] = True
+    runs = ndi.label(grid, structure=np.ones((3, 3), bool))[1]
+    return float(len(added) * step + runs * tolerance)
+
+
+def _kept(now: list[Crack], was: list[Crack], shown: float, added: np.ndarray, widths_there: np.ndarray,
+          widths: tuple[_Widths, _Widths], tolerance: float, mm_per_px: float | None) -> CrackChange:
+    """BEFORE cracks `was` (`shown` px of them inside what AFTER shows) seen again as AFTER cracks `now`:
+    grown (longer than `shown`, or wider where they were) or unchanged."""
+    length_before, length_after = sum(c.length_px for c in was), sum(c.length_px for c in now)
+    along_before = np.concatenate([widths[0].along(c.skeleton) for c in was])  # [N]
+    along_after = np.concatenate([widths[1].along(c.skeleton) for c in now])  # [M]
+    width_before = float(along_before.mean())
+    width_now = float(widths_there.mean()) if widths_there.size else float(along_after.mean())
+    added_px = _added_length(added, now, tolerance)
+    longer = added_px >= max(GROWN_MIN_PX, GROWN_MIN_SHARE * shown) and length_after > shown
+    wider = width_now - width_before >= WIDENED_MIN_PX
+    skeleton = np.concatenate([c.skeleton for c in now])
+    return CrackChange(was[0].index, "grown" if longer or wider else "unchanged", length_before, length_after,
+                       added_px if longer else 0.0, width_before, width_now, float(along_before.max()),
+                       float(along_after.max()), _box(skeleton, *(c.skeleton for c in was)), mm_per_px,
+                       added=added if longer else np.zeros((0, 2), np.int64), skeleton=skeleton)

@@ -1,0 +1,83 @@
+"""Crack change between two masks of one surface (`crackloc.change.cracks`), hand-drawn bars with known edits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from crackloc.change.compare import COLOURS, changes_csv, draw_changes
+from crackloc.change.cracks import GROWN_MIN_PX, compare_masks
+
+H, W = 300, 400
+
+
+def bars(*spec: tuple[int, int, int, int]) -> np.ndarray:
+    """bool [H,W] with horizontal bars (row, x0, x1, width)."""
+    mask = np.zeros((H, W), bool)
+    for row, x0, x1, width in spec:
+        mask[row - width // 2: row - width // 2 + width, x0:x1] = True
+    return mask
+
+
+BEFORE = bars((60, 40, 240, 3), (200, 100, 300, 5))
+
+
+def statuses(report) -> dict[int, str]:
+    return {c.id: c.status for c in report.changes}
+
+
+def test_the_same_cracks_a_pixel_off_are_unchanged():
+    after = np.roll(BEFORE, (1, -1), axis=(0, 1))  # a registration residual of about a pixel
+    report = compare_masks(BEFORE, after)
+    assert statuses(report) == {1: "unchanged", 2: "unchanged"}
+    assert report.to_dict()["length_added_px"] == 0
+
+
+@pytest.mark.parametrize("added", [40, 120])
+def test_an_extended_crack_has_grown_by_the_added_length(added):
+    report = compare_masks(BEFORE, bars((60, 40, 240 + added, 3), (200, 100, 300, 5)))
+    assert statuses(report) == {1: "grown", 2: "unchanged"}
+    grown = report.changes[0]
+    assert abs(grown.length_added_px - added) <= max(0.05 * added, 10)
+    assert grown.added[:, 1].min() >= 240 - 4 and grown.added[:, 1].max() <= 240 + added  # where it grew
+
+
+def test_a_widened_crack_has_grown_by_its_width_change():
+    report = compare_masks(BEFORE, bars((60, 40, 240, 3), (200, 100, 300, 7)))
+    assert statuses(report) == {1: "unchanged", 2: "grown"}
+    assert abs(report.changes[1].width_change_px - 2) <= 0.5 and report.changes[1].length_added_px == 0
+
+
+def test_new_cracks_get_the_next_ids_and_vanished_ones_are_told_apart_by_what_after_shows():
+    after = bars((60, 40, 240, 3), (130, 20, 120, 3))  # crack 2 is gone, one new crack
+    seen = np.ones((H, W), bool)
+    assert statuses(compare_masks(BEFORE, after, seen=seen)) == {1: "unchanged", 2: "no longer visible", 3: "new"}
+    seen[150:] = False  # AFTER does not show the bottom half
+    assert statuses(compare_masks(BEFORE, after, seen=seen))[2] == "not in after"
+
+
+def test_two_cracks_joined_are_one_grown_crack_with_the_lower_id():
+    before = bars((60, 40, 150, 3), (60, 190, 300, 3))
+    report = compare_masks(before, bars((60, 40, 300, 3)))
+    assert statuses(report) == {1: "grown"}
+    assert abs(report.changes[0].length_added_px - 40) <= 10  # the 40 px gap
+
+
+def test_a_small_length_difference_is_not_growth():
+    report = compare_masks(BEFORE, bars((60, 40, 240 + int(GROWN_MIN_PX) - 4, 3), (200, 100, 300, 5)))
+    assert statuses(report) == {1: "unchanged", 2: "unchanged"}
+
+
+def test_csv_json_and_overlay_say_the_same(tmp_path):
+    after = bars((60, 40, 300, 3), (200, 100, 300, 5), (130, 20, 120, 3))
+    report = compare_masks(BEFORE, after, mm_per_px=0.5)
+    rows = changes_csv(report).splitlines()
+    assert rows[0].split(",")[:3] == ["id", "status", "length_before_px"] and "length_added_mm" in rows[0]
+    assert [r.split(",")[1] for r in rows[1:]] == ["grown", "unchanged", "new"]
+    d = report.to_dict()
+    assert d["counts"]["grown"] == d["counts"]["new"] == d["counts"]["unchanged"] == 1
+    assert d["cracks"][0]["length_added_mm"] == pytest.approx(d["cracks"][0]["length_added_px"] * 0.5, abs=0.01)
+    image = np.full((H, W, 3), 200, np.uint8)
+    drawn = draw_changes(image, report)
+    assert tuple(drawn[60, 280]) == COLOURS["grown"]  # the added part of crack 1
+    assert tuple(drawn[130, 60]) == COLOURS["new"] and tuple(drawn[200, 200]) == COLOURS["unchanged"]
