@@ -81,3 +81,39 @@ def test_csv_json_and_overlay_say_the_same(tmp_path):
     drawn = draw_changes(image, report)
     assert tuple(drawn[60, 280]) == COLOURS["grown"]  # the added part of crack 1
     assert tuple(drawn[130, 60]) == COLOURS["new"] and tuple(drawn[200, 200]) == COLOURS["unchanged"]
+
+
+# ---- the command ------------------------------------------------------------------------------
+
+
+def _photos(tmp_path, before: np.ndarray, after: np.ndarray) -> tuple[str, str]:
+    from PIL import Image
+
+    paths = []
+    for name, image in (("before.png", before), ("after.jpg", after)):
+        Image.fromarray(image).save(tmp_path / name)
+        paths.append(str(tmp_path / name))
+    return paths[0], paths[1]
+
+
+def test_compare_writes_the_change_of_a_pair_and_refuses_another_surface(tmp_path, capsys):
+    import json
+
+    from crackloc.cli import main
+    from crackloc.data.campaigns import make_pair
+
+    pair = make_pair(np.random.default_rng(3), shape=(360, 480), change="new")
+    before, after = _photos(tmp_path, pair.before, pair.after)
+    out = tmp_path / "out"
+    assert main(["compare", before, after, "--out", str(out), "--mm-per-px", "0.2"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["after_registered.png", "change_overlay.png", "changes.csv",
+                                                      "changes.json"]
+    report = json.loads((out / "changes.json").read_text())
+    assert report["registration"]["rms_px"] < 2 and report["mm_per_px"] == 0.2
+    assert sum(report["counts"].values()) == len(report["cracks"]) == len((out / "changes.csv").read_text().splitlines()) - 1
+    assert all(c["length_after_mm"] == pytest.approx(c["length_after_px"] * 0.2, abs=0.01) for c in report["cracks"])
+    other = make_pair(np.random.default_rng(4), shape=(360, 480), change="unchanged")
+    before, after = _photos(tmp_path, pair.before, other.after)
+    assert main(["compare", before, after, "--out", str(tmp_path / "refused")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "before.png / after.jpg" in err[0] and not (tmp_path / "refused").exists()

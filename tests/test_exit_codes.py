@@ -15,7 +15,8 @@ from crackloc.cli import build_parser, main
 
 ARGV = {  # the smallest argv each command accepts
     "split": ["--data", "D", "--out", "m.csv"], "train": ["--data", "D", "--out", "R"],
-    "evaluate": ["--run", "R"], "predict": ["x.jpg", "--out", "O"], "demo": [],
+    "evaluate": ["--run", "R"], "predict": ["x.jpg", "--out", "O"], "compare": ["a.jpg", "b.jpg", "--out", "O"],
+    "demo": [],
     "evaluate-localization": ["--data", "D", "--out", "O"], "export": ["--checkpoint", "nope.pt", "--out", "m.onnx"],
     "experiment": ["--data", "D", "--out", "E"], "report": ["E"], "serve": ["--folder", "/no/such/folder"],
 }

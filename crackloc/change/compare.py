@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage as ndi
 
-from crackloc.change.cracks import TOLERANCE_PX, ChangeReport, compare_masks
+from crackloc.change.cracks import FAINT_LEVEL, TOLERANCE_PX, ChangeReport, compare_masks
 from crackloc.change.register import Registration, register
 from crackloc.errors import CracklocError
 from crackloc.inference.predictor import Predictor
@@ -67,11 +67,15 @@ def map_pair(predictor: Predictor, before: np.ndarray, after: np.ndarray, *, mm_
         reg = register(before, after)
     except CracklocError as exc:
         raise RegistrationError(str(exc)) from None
-    before_map = predictor.predict(rgb_to_tensor(before)).heatmap.numpy()  # [H,W]
-    after_own = predictor.predict(rgb_to_tensor(after)).heatmap.numpy()  # [h,w] AFTER's frame
     seen = reg.valid  # [H,W] bool
-    after_map = np.where(seen, reg.warp(after_own), 0.0).astype(np.float32)
+    before_map = predictor.predict(rgb_to_tensor(before)).heatmap.numpy()  # [H,W]
+    # AFTER is mapped in BEFORE's frame, at BEFORE's pixel size, so that the model draws each crack at the
+    # same width in both (its width error depends on the crack's width in px). (Filling the part AFTER does
+    # not show with BEFORE instead of black was tried: more false changes on the synthetic campaigns.)
+    after_map = predictor.predict(rgb_to_tensor(reg.warp(after))).heatmap.numpy()  # [H,W]
+    after_map = np.where(seen, after_map, 0.0).astype(np.float32)
     report = compare_masks(before_map >= MASK_LEVEL, after_map >= MASK_LEVEL, seen=seen, mm_per_px=mm_per_px,
+                           faint_before=before_map >= FAINT_LEVEL, faint_after=after_map >= FAINT_LEVEL,
                            tolerance=tolerance)
     return PairResult(reg, report, before_map, after_map)
 
@@ -138,9 +142,11 @@ def draw_changes(before: np.ndarray, report: ChangeReport) -> np.ndarray:
             _paint(canvas, change.added, COLOURS["grown"], thick + 1)
     img = Image.fromarray(canvas)
     draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default(size=max(12, max(h, w) // 60))
     for change in report.changes:
         x0, y0 = change.bbox[:2]
-        draw.text((x0, max(0, y0 - 12)), f"#{change.id}", fill=COLOURS[change.status])
+        draw.text((x0, max(0, y0 - font.size - 2)), f"#{change.id}", fill=COLOURS[change.status], font=font,
+                  stroke_width=1, stroke_fill=(0, 0, 0))
     return np.asarray(img)
 
 

@@ -18,6 +18,9 @@ components of at least `min_area` px, length along the skeleton, width by the on
 - Where it grew: the AFTER skeleton pixels farther than `tolerance` from every BEFORE crack.
 - A BEFORE crack with no AFTER crack within `tolerance` is **no longer visible** (inside the
   part of BEFORE that AFTER shows; outside it, **not in after**).
+- A change must show in both maps (hysteresis, `FAINT_LEVEL`): an AFTER crack or added part where
+  BEFORE's map was already at least `FAINT_LEVEL` is not new, and a BEFORE crack that AFTER's map
+  still marks at that level is not gone; both are **unchanged**.
 
 Ids: BEFORE's cracks keep their geometry index (raster order), new cracks are numbered on.
 """
@@ -43,6 +46,7 @@ GROWN_MIN_SHARE = 0.05  # this share of the length before
 WIDENED_MIN_PX = 0.8  # mean width increase that counts as growth (binary masks resampled by a registration
 #                       differ by up to about 0.7 px on unchanged cracks)
 BRIDGE_PX = 4  # gaps up to this wide are closed before cracks are cut apart
+FAINT_LEVEL = 0.25  # map level below the mask level at which a crack still counts as there (hysteresis)
 STATUSES = ("new", "grown", "unchanged", "no longer visible", "not in after")
 
 
@@ -154,6 +158,7 @@ class _Widths:
 
 
 def compare_masks(before: np.ndarray, after: np.ndarray, *, seen: np.ndarray | None = None,
+                  faint_before: np.ndarray | None = None, faint_after: np.ndarray | None = None,
                   mm_per_px: float | None = None, tolerance: float = TOLERANCE_PX,
                   min_area: int = 20) -> ChangeReport:
     """Crack changes from BEFORE's mask to AFTER's (bool [H,W], AFTER registered onto BEFORE's frame).
@@ -161,6 +166,10 @@ def compare_masks(before: np.ndarray, after: np.ndarray, *, seen: np.ndarray | N
     Args:
         before, after: Crack masks (map ≥ the mask level) in BEFORE's frame.
         seen: bool [H,W], the part of BEFORE that AFTER shows (default: all of it).
+        faint_before, faint_after: bool [H,W], where each map is at least `FAINT_LEVEL` (default: the
+            masks). A change must show in both maps: an AFTER crack, or added part, that BEFORE's map
+            already marked faintly is not new, and a BEFORE crack that AFTER's map still marks faintly
+            has not vanished (both are reported unchanged).
         mm_per_px: BEFORE's scale, to report millimetres too.
         tolerance: px within which an AFTER crack is the BEFORE crack it lies on.
         min_area: Smaller components are noise (as `measure_cracks`).
@@ -168,6 +177,9 @@ def compare_masks(before: np.ndarray, after: np.ndarray, *, seen: np.ndarray | N
     mapped_before, mapped_after = np.asarray(before, bool), np.asarray(after, bool)
     before, after = bridge(mapped_before), bridge(mapped_after)
     seen = np.ones_like(before) if seen is None else np.asarray(seen, bool)
+    faint_b = before if faint_before is None else before | np.asarray(faint_before, bool)
+    faint_a = after if faint_after is None else after | np.asarray(faint_after, bool)
+    far_b, far_a = ndi.distance_transform_edt(~faint_b) > tolerance, ndi.distance_transform_edt(~faint_a) > tolerance
     wb, wa = _Widths(local_width_map(before), mapped_before), _Widths(local_width_map(after), mapped_after)
     old = measure_cracks(before, min_area=min_area).cracks
     new = measure_cracks(after, min_area=min_area).cracks
@@ -181,30 +193,43 @@ def compare_masks(before: np.ndarray, after: np.ndarray, *, seen: np.ndarray | N
     for g in dict.fromkeys(group.tolist()):
         members = [i for i in range(len(new)) if group[i] == g]
         was = [label_of[m] for m in sorted({m for i in members for m in links[i][0]}, key=lambda m: label_of[m].index)]
-        if not was:  # lies on no BEFORE crack
+        if not was:  # lies on no BEFORE crack: new, unless BEFORE's map marked it faintly
             for i in members:
-                changes[next_id] = _new(next_id, new[i], wa.of(new[i]), mm_per_px)
+                faint = 1 - _share(new[i], far_b) >= MATCH_SHARE
+                changes[next_id] = _new(next_id, new[i], wa.of(new[i]), mm_per_px, faint=faint)
                 next_id += 1
             continue
         covered.update(c.index for c in was)
         sks = [(new[i].skeleton, links[i][1]) for i in members]
-        added = np.concatenate([sk[~close] for sk, close in sks])
+        added = np.concatenate([sk[~close & far_b[sk[:, 0], sk[:, 1]]] for sk, close in sks])
         there = np.concatenate([wa.along(sk[close]) for sk, close in sks if close.any()])
         shown = sum(c.length_px * _share(c, seen) for c in was)  # BEFORE's length where AFTER could show it
-        changes[was[0].index] = _kept([new[i] for i in members], was, shown, added, there, (wb, wa), tolerance, mm_per_px)
-    for crack in old:
-        if crack.index not in covered:
-            status = "no longer visible" if _share(crack, seen) >= 0.5 else "not in after"
-            changes[crack.index] = _gone(crack, status, wb.of(crack), mm_per_px)
+        changes[was[0].index] = _kept([new[i] for i in members], was, shown, added, there, (wb, wa), tolerance,
+                                      mm_per_px)
+    for crack in (c for c in old if c.index not in covered):
+        status = ("unchanged" if 1 - _share(crack, far_a) >= MATCH_SHARE else "no longer visible"
+                  if _share(crack, seen) >= 0.5 else "not in after")
+        changes[crack.index] = _gone(crack, status, wb.of(crack), mm_per_px)
     return ChangeReport([changes[k] for k in sorted(changes)], mm_per_px=mm_per_px)
 
 
-def _new(id_: int, crack: Crack, widths: tuple[float, float], mm_per_px: float | None) -> CrackChange:
+def _new(id_: int, crack: Crack, widths: tuple[float, float], mm_per_px: float | None, *,
+         faint: bool = False) -> CrackChange:
+    """An AFTER crack on no BEFORE crack: new, or (`faint`: BEFORE's map marked it below the mask level)
+    unchanged, its sizes as in AFTER."""
+    if faint:
+        return CrackChange(id_, "unchanged", crack.length_px, crack.length_px, 0.0, widths[0], widths[0],
+                           widths[1], widths[1], _box(crack.skeleton), mm_per_px, skeleton=crack.skeleton)
     return CrackChange(id_, "new", 0.0, crack.length_px, crack.length_px, 0.0, widths[0], 0.0, widths[1],
                        _box(crack.skeleton), mm_per_px, added=crack.skeleton, skeleton=crack.skeleton)
 
 
 def _gone(crack: Crack, status: str, widths: tuple[float, float], mm_per_px: float | None) -> CrackChange:
+    """A BEFORE crack no AFTER crack lies on: gone (`status`), or unchanged where AFTER's map still marks
+    it below the mask level (its sizes as in BEFORE)."""
+    if status == "unchanged":
+        return CrackChange(crack.index, status, crack.length_px, crack.length_px, 0.0, widths[0], widths[0],
+                           widths[1], widths[1], _box(crack.skeleton), mm_per_px, skeleton=crack.skeleton)
     return CrackChange(crack.index, status, crack.length_px, 0.0, 0.0, widths[0], 0.0, widths[1], 0.0,
                        _box(crack.skeleton), mm_per_px, skeleton=crack.skeleton)
 

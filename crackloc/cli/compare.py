@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from crackloc.cli.registry import add_inference_options, command, inference_config
 from crackloc.errors import CracklocError
@@ -30,6 +31,9 @@ def _run_compare(a: argparse.Namespace) -> int:
 
     if a.mm_per_px is not None and a.mm_per_px <= 0:
         raise CracklocError("--mm-per-px must be positive")
+    for photo in (a.before, a.after):  # before the model loads
+        if not Path(photo).is_file():
+            raise CracklocError(f"{photo}: no such file")
     predictor = Predictor(a.checkpoint, inference_config(a), cache_dir=a.cache_dir)
     kwargs = {"max_pixels": a.max_pixels} if a.max_pixels else {}
     try:
