@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -117,3 +119,43 @@ def test_compare_writes_the_change_of_a_pair_and_refuses_another_surface(tmp_pat
     assert main(["compare", before, after, "--out", str(tmp_path / "refused")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "before.png / after.jpg" in err[0] and not (tmp_path / "refused").exists()
+
+
+def test_campaign_folders_pair_by_stem_list_the_rest_and_resume(tmp_path, capsys):
+    import csv
+    import json
+
+    from PIL import Image
+
+    from crackloc.cli import main
+    from crackloc.data.campaigns import make_pair
+
+    before, after, out = tmp_path / "2024", tmp_path / "2026", tmp_path / "out"
+    (before / "pier").mkdir(parents=True)
+    (after / "pier").mkdir(parents=True)
+    a, b, c = (make_pair(np.random.default_rng(s), shape=(360, 480), change=k) for s, k in
+               ((3, "new"), (5, "unchanged"), (6, "unchanged")))
+    other = make_pair(np.random.default_rng(7), shape=(360, 480), change="unchanged")
+    for folder, images in ((before, (a.before, b.before, c.before)), (after, (a.after, b.after, other.after))):
+        for name, image in zip(("pier/wall_a.png", "wall_b.png", "wall_c.png"), images, strict=True):
+            Image.fromarray(image).save(folder / name)
+    Image.fromarray(a.before).save(before / "only_before.png")
+    argv = ["compare", "--before", str(before), "--after", str(after), "--out", str(out)]
+    assert main(argv) == 1  # one unpaired photo and one pair of two surfaces are listed, not fatal
+    records = [json.loads(line) for line in (out / "changes.jsonl").read_text().splitlines()]
+    assert sorted(r["stem"] for r in records) == ["wall_a", "wall_b"]
+    assert all((out / r["change_overlay_png"]).is_file() and (out / r["after_registered_png"]).is_file()
+               for r in records)
+    failed = {Path(json.loads(line)["path"]).name for line in (out / "failed.jsonl").read_text().splitlines()}
+    assert failed == {"only_before.png", "wall_c.png"}
+    summary = list(csv.DictReader((out / "summary.csv").open()))
+    changed = [int(r["new"]) + int(r["grown"]) for r in summary]
+    assert len(summary) == 2 and changed == sorted(changed, reverse=True)
+    cracks = list(csv.DictReader((out / "changes.csv").open()))
+    assert len(cracks) == sum(len(r["cracks"]) for r in records) and {r["pair"] for r in cracks} <= {"wall_a", "wall_b"}
+    stamp = (out / records[0]["change_overlay_png"]).stat().st_mtime_ns
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 1
+    assert "resuming: 2 of 3" in capsys.readouterr().err  # the refused pair is tried again
+    assert (out / records[0]["change_overlay_png"]).stat().st_mtime_ns == stamp  # kept, not redone
+    assert main(["compare", "a.jpg", "--before", str(before), "--out", str(out)]) == 2  # two forms at once

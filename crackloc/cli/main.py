@@ -26,6 +26,7 @@ ON_INTERRUPT = {  # what the one line after Ctrl-C tells the user to do
     "train": "continue the run with the same command plus --resume",
     "experiment": "rerun the same command to continue (finished runs are kept)",
     "predict": "rerun the same command with --resume to finish",
+    "compare": "finished pairs are kept; for campaign folders rerun the same command with --resume to finish",
     "": "nothing half-written was left (outputs are written atomically); rerun the command",
 }
 

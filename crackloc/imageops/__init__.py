@@ -9,6 +9,8 @@ crack geometry and the evaluators. Nothing here knows about models, data sets or
   (torch, [H,W]); `component_spans` (numpy: 8-connected components, their box diagonals and areas).
 - `threshold`: `otsu_threshold` (skimage).
 - `width` (numpy): `local_width_map`, `skeleton_widths`: the one crack-width definition.
+- `marker` (numpy + OpenCV): `parse_marker`, `find_marker` → `Marker`: a printed ArUco marker and the
+  homography that rectifies its plane (photo px → plane mm), for lengths and widths in mm.
 
 The torch operations are re-exported here; import the numpy ones from their modules. scipy and
 scikit-image are imported inside the functions that use them, so importing this package is cheap.

@@ -26,7 +26,9 @@ except ImportError:  # Windows: no advisory lock (one writer per folder is then 
 
 LOCK_NAME = ".crackloc.lock"
 RECORDS = "predictions.jsonl"  # one JSON line per finished image; a folder holding it is an output folder
-RESULT_FILES = (RECORDS, "failed.jsonl", "summary.parquet")  # what a run writes besides PNGs
+CHANGE_RECORDS = "changes.jsonl"  # `crackloc compare` on campaign folders: one JSON line per finished pair
+RESULT_FILES = (RECORDS, "failed.jsonl", "summary.parquet", CHANGE_RECORDS, "changes.csv", "summary.csv")
+# what a run writes besides PNGs
 
 
 @contextmanager

@@ -301,18 +301,20 @@ class OutputFolder:
         out: The folder (created).
         outputs: What each image gets.
         on_record, on_failure: Called after each image's record is on disk, or its failure noted.
+        records_name: The record file's name (`predictions.jsonl`; `crackloc compare`'s campaigns:
+            `changes.jsonl`, one line per pair).
     """
 
     def __init__(self, out: str | Path, outputs: Outputs, *, on_record: Callable[[dict], None] | None = None,
-                 on_failure: Callable[[str, str], None] | None = None) -> None:
-        self.out, self.outputs = Path(out), outputs
+                 on_failure: Callable[[str, str], None] | None = None, records_name: str = RECORDS) -> None:
+        self.out, self.outputs, self.records_name = Path(out), outputs, records_name
         self.report = BatchReport()
         self._on_record, self._on_failure = on_record, on_failure
         self._writer: RecordWriter | None = None
 
     @property
     def records(self) -> Path:
-        return self.out / RECORDS
+        return self.out / self.records_name
 
     def begin(self, plan: dict[Path | str, str], failed: list[tuple[str, str]], *, resume: bool,
               log: Callable[[str], None], made: dict | None = None, overwrite: bool = False,
