@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -159,3 +160,37 @@ def test_campaign_folders_pair_by_stem_list_the_rest_and_resume(tmp_path, capsys
     assert "resuming: 2 of 3" in capsys.readouterr().err  # the refused pair is tried again
     assert (out / records[0]["change_overlay_png"]).stat().st_mtime_ns == stamp  # kept, not redone
     assert main(["compare", "a.jpg", "--before", str(before), "--out", str(out)]) == 2  # two forms at once
+
+
+def test_the_viewer_compare_tab_shows_the_change_table_and_the_swipe(tmp_path):
+    import torch
+
+    from crackloc.change.compare import CSV_COLUMNS
+    from crackloc.config import InferenceConfig
+    from crackloc.data.campaigns import make_pair
+    from crackloc.inference.predictor import Predictor
+    from crackloc.viewer.compare_tab import CompareTab
+    from crackloc.viewer.mapper import PhotoMapper
+
+    class DarkIsCrack(torch.nn.Module):  # the model contract: heatmap = darkness, logit = the darkest pixel
+        def forward(self, x):  # [B,3,t,t] in [0,1]
+            heat = (1.0 - x.mean(1, keepdim=True) * 1.6).clamp(0, 1)  # [B,1,t,t]
+            return (heat.amax(dim=(1, 2, 3)) - 0.5) * 10, heat
+
+    cfg = InferenceConfig(tile=128, overlap=0.25, precision="32", gate=False, batch_size=8, line_guide=0.0)
+    mapper = PhotoMapper(cfg=cfg, make_predictor=lambda c: Predictor.from_model(DarkIsCrack(), c, threshold=0.5),
+                         model_id="dark-is-crack")
+    pair = make_pair(np.random.default_rng(3), shape=(360, 480), change="new")
+    before, after = _photos(tmp_path, pair.before, pair.after)
+    tab = CompareTab(mapper, tmp_path / "tmp")
+    swipe, overlay, table, status, files = tab.compare(before, after, 0.2, "")
+    assert status.startswith("Registered with") and swipe[0].shape == swipe[1].shape == overlay.shape == (360, 480, 3)
+    assert list(table.columns[:len(CSV_COLUMNS)]) == list(CSV_COLUMNS) and "length_added_mm" in table.columns
+    record = json.loads(Path(files[0]).read_text())
+    assert len(table) == len(record["cracks"]) > 0
+    other = make_pair(np.random.default_rng(4), shape=(360, 480), change="unchanged")
+    (tmp_path / "o").mkdir()
+    _, after_other = _photos(tmp_path / "o", other.before, other.after)
+    swipe, overlay, table, status, files = tab.compare(before, after_other, None, "")
+    assert status.startswith("**Not one surface:**") and swipe is None and files is None and len(table) == 0
+    assert tab.compare(before, None, None, "")[3].startswith("Upload")

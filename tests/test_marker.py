@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -216,3 +217,65 @@ def test_spec_forms():
     assert (spec.dictionary, spec.side_mm, spec.bits, str(spec)) == ("5x5_100", 40.5, 5, "aruco:5x5_100:40.5")
     assert spec.aruco_dictionary().markerSize == 5
     assert parse_marker("aruco:7x7_1000:12").dictionary == "7x7_1000"
+
+
+# ---- crack geometry on the plane (`crackloc.inference.plane`, as `predict --geometry --marker` runs it) ----
+
+
+def _bar_mask(cam: np.ndarray, shape: tuple[int, int] = (900, 1200)) -> np.ndarray:
+    """bool [H,W]: photo pixels whose centre lies on the bar (mapped back onto the plane)."""
+    (p0, p1, width), (h, w) = BAR, shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    mm = _apply(np.linalg.inv(cam), np.c_[xs.ravel(), ys.ravel()]).reshape(h, w, 2)
+    t = (p1 - p0) / np.linalg.norm(p1 - p0)
+    rel = mm - p0
+    along, across = rel @ t, np.abs(rel @ np.array([-t[1], t[0]]))
+    return (along >= 0) & (along <= np.linalg.norm(p1 - p0)) & (across <= width / 2)
+
+
+@pytest.mark.parametrize("tilt", [0, 20, 40])
+def test_crack_lengths_and_widths_in_mm_hold_across_a_tilted_plane(surface, tilt):
+    from crackloc.inference.geometry import measure_cracks
+    from crackloc.inference.plane import measure_on_plane
+
+    photo, cam = _photograph(surface, tilt)
+    report = measure_on_plane(measure_cracks(_bar_mask(cam)), photo, SPEC)
+    assert report.on_plane and report.count == 1, report.marker
+    crack = report.cracks[0]
+    length = np.linalg.norm(BAR[1] - BAR[0])
+    assert abs(crack.length_mm - length) <= 0.05 * length, (crack.length_mm, crack.length_px)
+    assert abs(crack.mean_width_mm - BAR[2]) <= 0.05 * BAR[2], (crack.mean_width_mm, crack.mean_width_px)
+    d = report.to_dict()
+    assert d["marker"]["found"] and d["total_length_mm"] == pytest.approx(crack.length_mm, abs=1e-3)
+
+
+def test_a_photo_without_its_marker_is_reported_and_kept_in_px(surface):
+    from crackloc.inference.geometry import measure_cracks
+    from crackloc.inference.plane import measure_on_plane
+
+    photo, cam = _photograph(surface, 20)
+    report = measure_on_plane(measure_cracks(_bar_mask(cam)), photo, parse_marker("aruco:5x5_100:50"))
+    d = report.to_dict()
+    assert d["marker"] == {"found": False, "spec": "aruco:5x5_100:50"} and "total_length_mm" not in d
+    assert "length_mm" not in d["cracks"][0]
+
+
+def test_predict_measures_on_the_marker_plane_and_lists_photos_without_it(surface, tmp_path, capsys):
+    from crackloc.cli import main
+
+    photo, _ = _photograph(surface, 20)
+    small = cv2.resize(photo, (600, 450), interpolation=cv2.INTER_AREA)  # keeps the test fast
+    cv2.imwrite(str(tmp_path / "marked.png"), cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(tmp_path / "plain.png"), cv2.cvtColor(small[250:, :], cv2.COLOR_RGB2BGR))  # no marker
+    out = tmp_path / "out"
+    argv = ["predict", str(tmp_path / "marked.png"), str(tmp_path / "plain.png"), "--out", str(out),
+            "--marker", "aruco:4x4_50:50", "--save", "mask"]
+    assert main(argv) == 0
+    records = {Path(r["path"]).name: r for r in map(json.loads, (out / "predictions.jsonl").read_text().splitlines())}
+    marked, plain = records["marked.png"]["geometry"], records["plain.png"]["geometry"]
+    assert marked["marker"]["found"] and marked["marker"]["mean_mm_per_px"] == pytest.approx(1.04, rel=0.15)
+    assert "total_length_mm" in marked and all("length_mm" in c for c in marked["cracks"])
+    assert plain["marker"] == {"found": False, "spec": "aruco:4x4_50:50"} and "total_length_mm" not in plain
+    assert "marker not found in 1 image(s), measured in px only" in capsys.readouterr().err
+    assert records["marked.png"]["settings"]["marker"] == "aruco:4x4_50:50"
+    assert main([*argv[:-2], "--mm-per-px", "0.5"]) == 2  # one scale or the other

@@ -71,6 +71,7 @@ def read_pairs(path: Path) -> list[tuple[Path, Path]]:
 
 def compare_campaign(predictor: Predictor, pairs: list[tuple[Path, Path]], out: str | Path, *,
                      failed: list[tuple[str, str]] | None = None, mm_per_px: float | None = None,
+                     marker: str | None = None,
                      max_pixels: int = DEFAULT_MAX_PIXELS, tolerance: float = TOLERANCE_PX, resume: bool = False,
                      overwrite: bool = False, progress: bool = True, log: Callable[[str], None] | None = None
                      ) -> BatchReport:
@@ -82,7 +83,7 @@ def compare_campaign(predictor: Predictor, pairs: list[tuple[Path, Path]], out: 
     out, log = Path(out), log or (lambda message: None)
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out):
-        outputs = Outputs(save="record", geometry=True, mm_per_px=mm_per_px)
+        outputs = Outputs(save="record", geometry=True, mm_per_px=mm_per_px, marker=marker)
         folder = OutputFolder(out, outputs, records_name=CHANGE_RECORDS)
         after_of = {str(b): a for b, a in pairs}
         made = outputs.made_by(predictor)  # as `compare_files` records it: --resume keeps only alike
@@ -93,7 +94,7 @@ def compare_campaign(predictor: Predictor, pairs: list[tuple[Path, Path]], out: 
                 for before, stem in tqdm(todo, desc="comparing", unit="pair", disable=not progress,
                                          initial=folder.report.resumed, total=folder.report.resumed + len(todo)):
                     _one(predictor, Path(before), after_of[str(before)], stem, folder, mm_per_px=mm_per_px,
-                         max_pixels=max_pixels, tolerance=tolerance)
+                         marker=marker, max_pixels=max_pixels, tolerance=tolerance)
         except KeyboardInterrupt:
             with suppress(OSError):
                 _finish(folder)

@@ -13,6 +13,7 @@ Every file is written atomically; a pair that cannot be registered writes nothin
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,9 @@ from scipy import ndimage as ndi
 from crackloc.change.cracks import FAINT_LEVEL, TOLERANCE_PX, ChangeReport, compare_masks
 from crackloc.change.register import Registration, register
 from crackloc.errors import CracklocError
+from crackloc.imageops.marker import MarkerSpec, find_marker, parse_marker
 from crackloc.inference.outputs import Outputs
+from crackloc.inference.plane import plane_scale
 from crackloc.inference.predictor import Predictor
 from crackloc.io import (
     DEFAULT_MAX_PIXELS,
@@ -103,7 +106,7 @@ def match_light(after: np.ndarray, before: np.ndarray, seen: np.ndarray, *, sigm
 
 
 def compare_files(predictor: Predictor, before: Path, after: Path, *, mm_per_px: float | None = None,
-                  max_pixels: int = DEFAULT_MAX_PIXELS, tolerance: float = TOLERANCE_PX
+                  marker: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS, tolerance: float = TOLERANCE_PX
                   ) -> tuple[PairResult, dict, dict[str, np.ndarray]]:
     """Load and compare two photo files: → (the result, its changes.json content, its PNGs by kind).
 
@@ -116,8 +119,10 @@ def compare_files(predictor: Predictor, before: Path, after: Path, *, mm_per_px:
         result = map_pair(predictor, *images, mm_per_px=mm_per_px, tolerance=tolerance)
     except RegistrationError as exc:
         raise RegistrationError(f"{before.name} / {after.name}: {exc}") from None
+    if marker is not None:
+        result.report = on_marker_plane(result.report, images[0], parse_marker(marker))
     reg, report = result.registration, result.report
-    made = Outputs(save="record", geometry=True, mm_per_px=mm_per_px).made_by(predictor)  # model and settings
+    made = Outputs(save="record", geometry=True, mm_per_px=mm_per_px, marker=marker).made_by(predictor)
     record = {"before": str(before), "after": str(after), "before_sha256": file_digest(before),
               "after_sha256": file_digest(after), **made, "registration": registration_dict(reg),
               "tolerance_px": tolerance, "map_threshold": MASK_LEVEL, **report.to_dict()}
@@ -125,8 +130,19 @@ def compare_files(predictor: Predictor, before: Path, after: Path, *, mm_per_px:
     return result, record, pngs
 
 
+def on_marker_plane(report: ChangeReport, before: np.ndarray, spec: MarkerSpec) -> ChangeReport:
+    """`report` with mm on the plane of the marker BEFORE (uint8 [H,W,3]) shows, or noted as not found."""
+    found = find_marker(before, spec)
+    if found is None:
+        return dataclasses.replace(report, marker={"found": False, "spec": str(spec)})
+    shape = before.shape[:2]
+    changes = [dataclasses.replace(c, mm_per_px=None, plane_scale=plane_scale(c.skeleton, shape, found))
+               for c in report.changes]
+    return dataclasses.replace(report, changes=changes, mm_per_px=None, marker={"found": True, **found.to_dict()})
+
+
 def compare_photos(predictor: Predictor, before: str | Path, after: str | Path, out: str | Path, *,
-                   mm_per_px: float | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                   mm_per_px: float | None = None, marker: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
                    tolerance: float = TOLERANCE_PX) -> PairResult:
     """Compare two photos of one surface and write OUT's files (module docstring).
 
@@ -135,7 +151,7 @@ def compare_photos(predictor: Predictor, before: str | Path, after: str | Path, 
             line naming both files; nothing is written).
     """
     out = Path(out)
-    result, record, pngs = compare_files(predictor, Path(before), Path(after), mm_per_px=mm_per_px,
+    result, record, pngs = compare_files(predictor, Path(before), Path(after), mm_per_px=mm_per_px, marker=marker,
                                          max_pixels=max_pixels, tolerance=tolerance)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "changes.json", record)

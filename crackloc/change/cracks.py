@@ -69,6 +69,7 @@ class CrackChange:
                               compare=False)  # [N,2] (y, x): where it grew
     skeleton: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64), repr=False,
                                  compare=False)  # [N,2] (y, x): the crack now (before, when gone)
+    plane_scale: tuple[float, float] | None = None  # mm per px (along, across) from BEFORE's marker
 
     @property
     def width_change_px(self) -> float:
@@ -82,7 +83,10 @@ class CrackChange:
               "max_width_after": self.max_width_after_px, "width_change": self.width_change_px}
         row: dict[str, Any] = {"id": self.id, "status": self.status}
         row.update({f"{k}_px": round(v, 2) for k, v in px.items()})
-        if self.mm_per_px is not None:
+        if self.plane_scale is not None:
+            along, across = self.plane_scale
+            row.update({f"{k}_mm": round(v * (along if k.startswith("length") else across), 3) for k, v in px.items()})
+        elif self.mm_per_px is not None:
             row.update({f"{k}_mm": round(v * self.mm_per_px, 3) for k, v in px.items()})
         row["bbox"] = list(self.bbox)
         return row
@@ -94,12 +98,14 @@ class ChangeReport:
 
     changes: list[CrackChange]
     mm_per_px: float | None = None
+    marker: dict | None = None  # BEFORE's marker (`crackloc.inference.plane`): found or not
 
     def count(self, status: str) -> int:
         return sum(c.status == status for c in self.changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mm_per_px": self.mm_per_px, "counts": {s: self.count(s) for s in STATUSES},
+        return {"mm_per_px": self.mm_per_px, **({"marker": self.marker} if self.marker is not None else {}),
+                "counts": {s: self.count(s) for s in STATUSES},
                 "length_added_px": round(sum(c.length_added_px for c in self.changes), 2),
                 "cracks": [c.to_dict() for c in self.changes]}
 

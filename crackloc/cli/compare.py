@@ -6,7 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from crackloc.cli.registry import add_inference_options, command, inference_config
+from crackloc.cli.registry import (
+    add_inference_options,
+    add_scale_options,
+    check_scale_options,
+    command,
+    inference_config,
+)
 from crackloc.errors import CracklocError
 
 
@@ -26,7 +32,7 @@ def _compare_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder: changes.json, changes.csv, change_overlay.png, "
                                                 "after_registered.png; for campaigns changes.jsonl (one line "
                                                 "per pair), <stem>_*.png, changes.csv, summary.csv")
-    p.add_argument("--mm-per-px", type=float, help="BEFORE's scale, to report lengths and widths in mm too")
+    add_scale_options(p, photo="BEFORE")
     p.add_argument("--tolerance", type=float, default=4.0,
                    help="px (in BEFORE) within which an AFTER crack is the BEFORE crack it lies on (default 4)")
     p.add_argument("--max-pixels", type=int, help="refuse photos above this many pixels (default 100 MP)")
@@ -65,11 +71,10 @@ def _run_compare(a: argparse.Namespace) -> int:
     from crackloc.change.compare import RegistrationError, compare_photos
     from crackloc.inference.predictor import Predictor
 
-    if a.mm_per_px is not None and a.mm_per_px <= 0:
-        raise CracklocError("--mm-per-px must be positive")
+    check_scale_options(a)
     campaign = _pairs(a)
     predictor = Predictor(a.checkpoint, inference_config(a), cache_dir=a.cache_dir)
-    options = {"mm_per_px": a.mm_per_px, "tolerance": a.tolerance, **({"max_pixels": a.max_pixels} if a.max_pixels
+    options = {"mm_per_px": a.mm_per_px, "marker": a.marker, "tolerance": a.tolerance, **({"max_pixels": a.max_pixels} if a.max_pixels
                                                                        else {})}
     if campaign is not None:
         report = compare_campaign(predictor, campaign[0], a.out, failed=campaign[1], resume=a.resume,
@@ -85,6 +90,8 @@ def _run_compare(a: argparse.Namespace) -> int:
         print(f"crackloc compare: error: {exc}", file=sys.stderr)
         return 1
     counts = result.report.to_dict()["counts"]
+    if result.report.marker is not None and not result.report.marker["found"]:
+        print(f"marker {a.marker} not found in {a.before}: lengths and widths in px only", file=sys.stderr)
     print(f"registered with {result.registration.rms_px:.2f} px residual; "
           + ", ".join(f"{n} {s}" for s, n in counts.items() if n) + f" → {a.out}/changes.json")
     return 0

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from crackloc.cli.registry import (
     add_inference_options,
+    add_scale_options,
+    check_scale_options,
     command,
     inference_config,
     report_failures,
@@ -26,6 +28,11 @@ def _summarize(report, out: Path, *, summary: str | None = None) -> int:
     n_crack = sum(r["crack"] for r in report.records)
     print(f"{len(report.records)} image(s) done ({n_crack} with a crack) → {out}/predictions.jsonl"
           + (f", {out}/{summary}" if summary else ""))
+    unmarked = [r["path"] for r in report.records if ((r.get("geometry") or {}).get("marker") or {}).get("found")
+                is False]
+    if unmarked:  # measured in px only: never silently
+        print(f"marker not found in {len(unmarked)} image(s), measured in px only: " + ", ".join(unmarked[:5])
+              + (", …" if len(unmarked) > 5 else ""), file=sys.stderr)
     return report_failures(report.failed, noun="input", listed_in=f"{out}/failed.jsonl")
 
 
@@ -41,7 +48,7 @@ def _predict_parser(p: argparse.ArgumentParser) -> None:
                         "CSV's `path` column (else its first); may be repeated")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--geometry", action="store_true", help="measure each crack (length, width, orientation)")
-    p.add_argument("--mm-per-px", type=float, help="image scale, to report geometry in millimetres too")
+    add_scale_options(p, photo="each photo")
     p.add_argument("--max-pixels", type=int, help="refuse images above this many pixels (default 100 MP)")
     p.add_argument("--resume", action="store_true",
                    help="keep the images already done in --out (record and PNGs on disk) with the same model and "
@@ -102,12 +109,12 @@ def _inputs(a: argparse.Namespace) -> list[str]:
 def _run_predict(a: argparse.Namespace) -> int:
     from crackloc.inference.batch import BatchInterrupted, predict_files
 
-    if a.mm_per_px is not None and a.mm_per_px <= 0:
-        raise CracklocError("--mm-per-px must be positive")
+    check_scale_options(a)
     if a.max_pixels is not None and a.max_pixels < 1:
         raise CracklocError("--max-pixels must be positive")
     inputs = _inputs(a)
-    options = {"geometry": a.geometry or a.mm_per_px is not None, "mm_per_px": a.mm_per_px,
+    options = {"geometry": a.geometry or a.mm_per_px is not None or a.marker is not None,
+               "mm_per_px": a.mm_per_px, "marker": a.marker,
                "max_pixels": a.max_pixels, "resume": a.resume, "save": a.save, "overwrite": a.overwrite,
                "resume_mixed": a.resume_mixed, "log": _stderr}
     if a.overwrite and (a.resume or a.resume_mixed):

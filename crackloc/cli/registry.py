@@ -107,6 +107,29 @@ INFERENCE_HELP: dict[str, str] = {
 }
 
 
+def add_scale_options(p: argparse.ArgumentParser, *, photo: str) -> None:
+    """--mm-per-px and --marker: millimetres for the geometry of `photo` ("each photo", "BEFORE")."""
+    p.add_argument("--mm-per-px", type=float, help=f"the scale of {photo}, to report lengths and widths in mm too")
+    p.add_argument("--marker", metavar="aruco:DICT:SIDE_MM",
+                   help=f"a printed ArUco marker in {photo} (e.g. aruco:4x4_50:50 = DICT_4X4_50, 50 mm side): "
+                        "lengths and widths in mm on the surface plane it rectifies, right across a tilted photo; "
+                        "where it is not found, that is reported and the cracks are measured in px only")
+
+
+def check_scale_options(a: argparse.Namespace) -> None:
+    """Refuse a non-positive --mm-per-px, a malformed --marker, or both at once (one line)."""
+    from crackloc.errors import CracklocError
+
+    if a.mm_per_px is not None and a.mm_per_px <= 0:
+        raise CracklocError("--mm-per-px must be positive")
+    if a.marker is not None:
+        from crackloc.imageops.marker import parse_marker
+
+        if a.mm_per_px is not None:
+            raise CracklocError("--marker measures the scale in the photo; give it or --mm-per-px, not both")
+        parse_marker(a.marker)
+
+
 def add_inference_options(p: argparse.ArgumentParser, **defaults: Any) -> None:
     """--checkpoint and one flag per `InferenceConfig` field (choices and ranges from the config)."""
     p.add_argument("--checkpoint", help="model file (default: the model bundled with crackloc)")

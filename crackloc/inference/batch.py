@@ -194,7 +194,8 @@ def run_local(todo: list[tuple[Path | str, str]], make_mapper: Callable[[], Call
 
 
 def predict_files(predictor: Predictor, inputs: list[str | Path], out: str | Path, *, geometry: bool = False,
-                  mm_per_px: float | None = None, max_pixels: int | None = None, resume: bool = False,
+                  mm_per_px: float | None = None, marker: str | None = None, max_pixels: int | None = None,
+                  resume: bool = False,
                   save: str = "all", overwrite: bool = False, resume_mixed: bool = False, progress: bool = True,
                   log: Callable[[str], None] | None = None) -> BatchReport:
     """Write each image's `<stem>_{heatmap,overlay,color}.png` and its line of `predictions.jsonl` into `out`.
@@ -212,7 +213,7 @@ def predict_files(predictor: Predictor, inputs: list[str | Path], out: str | Pat
         CracklocError: when an output cannot be written (disk full): the run stops there.
     """
     out, log = Path(out), log or (lambda message: None)
-    outputs = Outputs(save=save, geometry=geometry, mm_per_px=mm_per_px)
+    outputs = Outputs(save=save, geometry=geometry or marker is not None, mm_per_px=mm_per_px, marker=marker)
     out.mkdir(parents=True, exist_ok=True)
     with output_lock(out):
         folder = OutputFolder(out, outputs)

@@ -56,9 +56,16 @@ class Crack:
     mm_per_px: float | None = None
     skeleton: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64), repr=False,
                                  compare=False)  # [N,2] (y, x) skeleton pixels, for drawing
+    plane_scale: tuple[float, float] | None = None  # mm per px (along, across) from a marker (`crackloc.inference.plane`)
 
-    def _mm(self, px: float, power: int = 1) -> float | None:
-        return None if self.mm_per_px is None else px * self.mm_per_px**power
+    def _mm(self, px: float, *, across: int = 0, along: int = 1) -> float | None:
+        if self.plane_scale is not None:
+            return px * self.plane_scale[0] ** along * self.plane_scale[1] ** across
+        return None if self.mm_per_px is None else px * self.mm_per_px ** (along + across)
+
+    @property
+    def scaled(self) -> bool:
+        return self.mm_per_px is not None or self.plane_scale is not None
 
     @property
     def length_mm(self) -> float | None:
@@ -66,15 +73,15 @@ class Crack:
 
     @property
     def mean_width_mm(self) -> float | None:
-        return self._mm(self.mean_width_px)
+        return self._mm(self.mean_width_px, along=0, across=1)
 
     @property
     def max_width_mm(self) -> float | None:
-        return self._mm(self.max_width_px)
+        return self._mm(self.max_width_px, along=0, across=1)
 
     @property
     def area_mm2(self) -> float | None:
-        return self._mm(self.area_px, 2)
+        return self._mm(self.area_px, across=1)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly dict (no skeleton pixels); mm keys only with a scale."""
@@ -83,7 +90,7 @@ class Crack:
             "mean_width_px": round(self.mean_width_px, 3), "max_width_px": round(self.max_width_px, 3),
             "orientation_deg": round(self.orientation_deg, 2), "bbox": list(self.bbox),
         }
-        if self.mm_per_px is not None:
+        if self.scaled:
             d.update(length_mm=round(self.length_mm, 4), mean_width_mm=round(self.mean_width_mm, 4),
                      max_width_mm=round(self.max_width_mm, 4), area_mm2=round(self.area_mm2, 4))
         return d
@@ -98,6 +105,7 @@ class CrackReport:
     width: int
     mm_per_px: float | None = None
     min_area: int = 20
+    marker: dict | None = None  # the marker that gave the cracks' plane scales (`crackloc.inference.plane`)
 
     @property
     def count(self) -> int:
@@ -121,11 +129,24 @@ class CrackReport:
         return self.crack_area_px / max(self.height * self.width, 1)
 
     @property
+    def on_plane(self) -> bool:
+        """Whether each crack has its own scale from a marker that was found."""
+        return bool(self.marker and self.marker.get("found"))
+
+    @property
+    def scaled(self) -> bool:
+        return self.mm_per_px is not None or self.on_plane
+
+    @property
     def total_length_mm(self) -> float | None:
+        if self.on_plane:  # each crack has its own scale on the plane
+            return float(sum(c.length_mm or 0.0 for c in self.cracks))
         return None if self.mm_per_px is None else self.total_length_px * self.mm_per_px
 
     @property
     def max_width_mm(self) -> float | None:
+        if self.on_plane:
+            return max((c.max_width_mm or 0.0 for c in self.cracks), default=0.0)
         return None if self.mm_per_px is None else self.max_width_px * self.mm_per_px
 
     def to_dict(self) -> dict[str, Any]:
@@ -136,7 +157,9 @@ class CrackReport:
             "total_length_px": round(self.total_length_px, 3), "max_width_px": round(self.max_width_px, 3),
             "crack_area_px": self.crack_area_px, "area_fraction": round(self.area_fraction, 6),
         }
-        if self.mm_per_px is not None:
+        if self.marker is not None:
+            d["marker"] = self.marker
+        if self.scaled:
             d.update(total_length_mm=round(self.total_length_mm, 4), max_width_mm=round(self.max_width_mm, 4))
         d["cracks"] = [c.to_dict() for c in self.cracks]
         return d

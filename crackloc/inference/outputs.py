@@ -72,9 +72,14 @@ class Outputs:
     geometry: bool = False
     mm_per_px: float | None = None
     map_threshold: float = MASK_LEVEL  # the crack mask (map >= it) that geometry and the statistics use
+    marker: str | None = None  # `--marker aruco:DICT:SIDE_MM`: geometry in mm on the marker's plane
 
     def __post_init__(self) -> None:
         save_kinds(self.save)  # an unknown --save is refused before anything is touched
+        if self.marker is not None:
+            from crackloc.imageops.marker import parse_marker
+
+            parse_marker(self.marker)  # a malformed spec is refused up front too
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -83,7 +88,7 @@ class Outputs:
     def made_by(self, predictor) -> dict:
         """What made the records a `Predictor` writes with these outputs (`record_maker`)."""
         return record_maker(predictor.model_id, predictor.cfg, threshold=predictor.threshold,
-                            geometry=self.geometry, mm_per_px=self.mm_per_px)
+                            geometry=self.geometry, mm_per_px=self.mm_per_px, marker=self.marker)
 
     @property
     def line_guide(self) -> bool:
@@ -104,12 +109,14 @@ def png_names(stem: str, kinds: tuple[str, ...] = PNG_KINDS) -> dict[str, str]:
 
 
 def record_maker(model_id: str, cfg: InferenceConfig, *, threshold: float, geometry: bool,
-                 mm_per_px: float | None) -> dict:
+                 mm_per_px: float | None, marker: str | None = None) -> dict:
     """What made a record: {"model": the model file's digest, "settings": every setting that changes
     the result} (`--resume` keeps only records made alike: `crackloc.inference.outdir.check_resumable`)."""
     values = dataclasses.asdict(cfg)
     settings = {k: values[k] for k in RESULT_SETTINGS}
     settings.update(threshold=threshold, geometry=bool(geometry), mm_per_px=mm_per_px)
+    if marker is not None:  # (absent otherwise, so records made before markers existed still match)
+        settings["marker"] = marker
     return {"model": model_id, "settings": settings}
 
 
@@ -126,13 +133,18 @@ def image_outputs(mapped: Mapped, outputs: Outputs, *, path: str, stem: str) -> 
            "scale": round(mapped.scale, 4), "heatmap": heatmap_stats(heatmap, threshold=threshold),
            "precision": mapped.cfg.precision, "line_guide": line_guide,
            **record_maker(mapped.model_id, mapped.cfg, threshold=mapped.decision_threshold,
-                          geometry=outputs.geometry, mm_per_px=outputs.mm_per_px)}
+                          geometry=outputs.geometry, mm_per_px=outputs.mm_per_px, marker=outputs.marker)}
     draw = {"overlay_png": lambda: overlay(mapped.image, heatmap), "color_png": lambda: colorize(heatmap),
             "heatmap_png": lambda: (heatmap.numpy() * 255).round().astype("uint8")}
     names = png_names(stem, outputs.kinds)
     arrays = {key: draw[key]() for key in names}
     if outputs.geometry:
         geo = measure_cracks((heatmap >= threshold).numpy(), mm_per_px=outputs.mm_per_px)
+        if outputs.marker is not None:
+            from crackloc.imageops.marker import parse_marker
+            from crackloc.inference.plane import measure_on_plane
+
+            geo = measure_on_plane(geo, mapped.image.permute(1, 2, 0).numpy(), parse_marker(outputs.marker))
         rec["geometry"] = geo.to_dict()
         if "overlay_png" in arrays:
             arrays["overlay_png"] = draw_geometry(arrays["overlay_png"], geo)

@@ -248,7 +248,7 @@ def write_summary(out: Path, report: BatchReport, *, geometry: bool) -> Path:
     import pyarrow.parquet as pq
 
     geo_cols = ["n_cracks", "total_length_px", "max_width_px"]
-    if geometry and any((r.get("geometry") or {}).get("mm_per_px") for r in report.records):
+    if geometry and any("total_length_mm" in (r.get("geometry") or {}) for r in report.records):  # a scale or marker
         geo_cols += ["total_length_mm", "max_width_mm"]
     source = {"n_cracks": "count"}
     rows = []
@@ -315,7 +315,7 @@ def _resources(ray, workers: int, cpus: float | None, gpus: float | None, *, loc
 
 def predict_files_ray(checkpoint: str | Path | None, cfg: InferenceConfig, inputs: list[str | Path],
                       out: str | Path, *, geometry: bool = False, mm_per_px: float | None = None,
-                      max_pixels: int | None = None, resume: bool = False, save: str = "all",
+                      marker: str | None = None, max_pixels: int | None = None, resume: bool = False, save: str = "all",
                       overwrite: bool = False, resume_mixed: bool = False, workers: int | None = None,
                       address: str | None = None, cpus_per_worker: float | None = None,
                       gpus_per_worker: float | None = None, threshold: float | None = None,
@@ -348,7 +348,8 @@ def predict_files_ray(checkpoint: str | Path | None, cfg: InferenceConfig, input
                             "shares), not to an object-store URI")
     ray = _import_ray()
     out, log = Path(out), log or (lambda message: None)
-    outputs = Outputs(save=save, geometry=geometry or mm_per_px is not None, mm_per_px=mm_per_px)
+    outputs = Outputs(save=save, geometry=geometry or mm_per_px is not None or marker is not None,
+                      mm_per_px=mm_per_px, marker=marker)
     checkpoint = Path(checkpoint) if checkpoint else default_checkpoint()
     probe = Predictor(checkpoint, dataclasses.replace(cfg, backend="torch", compile=False, device="cpu"),
                       threshold=threshold)  # a bad model file fails here, in one line, before Ray starts

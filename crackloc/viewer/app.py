@@ -29,6 +29,7 @@ from PIL import Image
 
 from crackloc.errors import CracklocError
 from crackloc.io import IMAGE_EXTENSIONS
+from crackloc.viewer.compare_tab import CompareTab
 from crackloc.viewer.folders import FolderItem, FolderJob, resolve_inside, thumbnail
 from crackloc.viewer.logic import (
     MAP_THRESHOLD,
@@ -359,6 +360,7 @@ class Viewer:
                                          fit_columns=False, allow_preview=False, object_fit="contain",
                                          height="auto", buttons=[], elem_id="gallery")
                     gallery_paths = gr.State([])
+                CompareTab(self.mapper, self.tmp).build()
 
             shown = [state, overlay_img, summary_md, table, status, exports, upload]  # upload emptied: ready for the next
             maps = {"concurrency_id": "map", "concurrency_limit": MAP_WORKERS}  # 2 maps at once, the rest queued
