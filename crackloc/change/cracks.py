@@ -36,7 +36,6 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from skimage.morphology import skeletonize
 
-from crackloc.imageops.width import local_width_map
 from crackloc.inference.geometry import Crack, measure_cracks
 
 TOLERANCE_PX = 4.0  # the same crack within this distance after registration
@@ -145,22 +144,20 @@ def bridge(mask: np.ndarray) -> np.ndarray:
     return mask | skeletonize(ndi.binary_dilation(mask, structure=yy**2 + xx**2 <= r * r))
 
 
-@dataclass
-class _Widths:
-    """Mean and max crack width along each crack's skeleton, over the pixels of the unbridged mask."""
+def _widths_on(crack: Crack, mapped: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """The crack's widths (px) at its skeleton pixels (`keep`: bool [N], a part of them) that lie on the
+    unbridged mask `mapped` (all of them where none does): → float [M], at least one value."""
+    sk, w = crack.skeleton, crack.widths
+    if keep is not None:
+        sk, w = sk[keep], w[keep]
+    on = mapped[sk[:, 0], sk[:, 1]]  # [N]
+    out = w[on] if on.any() else w
+    return out if out.size else np.array([crack.max_width_px])
 
-    width: np.ndarray  # float [H,W], `local_width_map` of the bridged mask
-    mapped: np.ndarray  # bool [H,W], the mask before bridging
 
-    def along(self, skeleton: np.ndarray) -> np.ndarray:
-        ys, xs = skeleton[:, 0], skeleton[:, 1]
-        on = self.mapped[ys, xs]
-        w = self.width[ys[on], xs[on]] if on.any() else self.width[ys, xs]  # [N]
-        return w if w.size else np.zeros(1)
-
-    def of(self, crack: Crack) -> tuple[float, float]:
-        w = self.along(crack.skeleton)
-        return float(w.mean()), float(w.max())
+def _width_pair(crack: Crack, mapped: np.ndarray) -> tuple[float, float]:
+    w = _widths_on(crack, mapped)
+    return float(w.mean()), float(w.max())
 
 
 def compare_masks(before: np.ndarray, after: np.ndarray, *, seen: np.ndarray | None = None,
@@ -186,7 +183,6 @@ def compare_masks(before: np.ndarray, after: np.ndarray, *, seen: np.ndarray | N
     faint_b = before if faint_before is None else before | np.asarray(faint_before, bool)
     faint_a = after if faint_after is None else after | np.asarray(faint_after, bool)
     far_b, far_a = ndi.distance_transform_edt(~faint_b) > tolerance, ndi.distance_transform_edt(~faint_a) > tolerance
-    wb, wa = _Widths(local_width_map(before), mapped_before), _Widths(local_width_map(after), mapped_after)
     old = measure_cracks(before, min_area=min_area).cracks
     new = measure_cracks(after, min_area=min_area).cracks
     labels, n_labels = ndi.label(before, structure=np.ones((3, 3), bool))  # [H,W] same components as `old`
@@ -202,20 +198,21 @@ def compare_masks(before: np.ndarray, after: np.ndarray, *, seen: np.ndarray | N
         if not was:  # lies on no BEFORE crack: new, unless BEFORE's map marked it faintly
             for i in members:
                 faint = 1 - _share(new[i], far_b) >= MATCH_SHARE
-                changes[next_id] = _new(next_id, new[i], wa.of(new[i]), mm_per_px, faint=faint)
+                changes[next_id] = _new(next_id, new[i], _width_pair(new[i], mapped_after), mm_per_px, faint=faint)
                 next_id += 1
             continue
         covered.update(c.index for c in was)
         sks = [(new[i].skeleton, links[i][1]) for i in members]
         added = np.concatenate([sk[~close & far_b[sk[:, 0], sk[:, 1]]] for sk, close in sks])
-        there = np.concatenate([wa.along(sk[close]) for sk, close in sks if close.any()])
+        there = np.concatenate([_widths_on(new[i], mapped_after, links[i][1]) for i in members if links[i][1].any()]
+                               or [np.zeros(0)])
         shown = sum(c.length_px * _share(c, seen) for c in was)  # BEFORE's length where AFTER could show it
-        changes[was[0].index] = _kept([new[i] for i in members], was, shown, added, there, (wb, wa), tolerance,
+        changes[was[0].index] = _kept([new[i] for i in members], was, shown, added, there, (mapped_before, mapped_after), tolerance,
                                       mm_per_px)
     for crack in (c for c in old if c.index not in covered):
         status = ("unchanged" if 1 - _share(crack, far_a) >= MATCH_SHARE else "no longer visible"
                   if _share(crack, seen) >= 0.5 else "not in after")
-        changes[crack.index] = _gone(crack, status, wb.of(crack), mm_per_px)
+        changes[crack.index] = _gone(crack, status, _width_pair(crack, mapped_before), mm_per_px)
     return ChangeReport([changes[k] for k in sorted(changes)], mm_per_px=mm_per_px)
 
 
@@ -260,12 +257,12 @@ def _added_length(added: np.ndarray, now: list[Crack], tolerance: float) -> floa
 
 
 def _kept(now: list[Crack], was: list[Crack], shown: float, added: np.ndarray, widths_there: np.ndarray,
-          widths: tuple[_Widths, _Widths], tolerance: float, mm_per_px: float | None) -> CrackChange:
+          mapped: tuple[np.ndarray, np.ndarray], tolerance: float, mm_per_px: float | None) -> CrackChange:
     """BEFORE cracks `was` (`shown` px of them inside what AFTER shows) seen again as AFTER cracks `now`:
     grown (longer than `shown`, or wider where they were) or unchanged."""
     length_before, length_after = sum(c.length_px for c in was), sum(c.length_px for c in now)
-    along_before = np.concatenate([widths[0].along(c.skeleton) for c in was])  # [N]
-    along_after = np.concatenate([widths[1].along(c.skeleton) for c in now])  # [M]
+    along_before = np.concatenate([_widths_on(c, mapped[0]) for c in was])  # [N]
+    along_after = np.concatenate([_widths_on(c, mapped[1]) for c in now])  # [M]
     width_before = float(along_before.mean())
     width_now = float(widths_there.mean()) if widths_there.size else float(along_after.mean())
     added_px = _added_length(added, now, tolerance)

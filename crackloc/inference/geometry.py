@@ -57,6 +57,8 @@ class Crack:
     skeleton: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64), repr=False,
                                  compare=False)  # [N,2] (y, x) skeleton pixels, for drawing
     plane_scale: tuple[float, float] | None = None  # mm per px (along, across) from a marker (`crackloc.inference.plane`)
+    widths: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False,
+                               compare=False)  # [N] the width (px) at each skeleton pixel
 
     def _mm(self, px: float, *, across: int = 0, along: int = 1) -> float | None:
         if self.plane_scale is not None:
@@ -344,15 +346,15 @@ def _measure_one(labels: np.ndarray, label_: int, box: tuple[slice, slice], area
     skel = skeletonize(comp)
     length = _skeleton_lengths(skel, dist, comp.astype(np.int32), 1)[1]
     width = local_width_map(comp)  # [h',w'], 0 outside the crack
-    w = width[skel & comp]  # [N]
-    if w.size == 0:  # no skeleton: fall back to the widest point
-        w = np.array([width[comp].max()])
+    on_skeleton = width[skel & comp]  # [N]
+    w = on_skeleton if on_skeleton.size else np.array([width[comp].max()])  # no skeleton: the widest point
     sk = np.argwhere(skel & comp) + np.array([ys.start, xs.start])
     (y0, y1), (x0, x1) = (box[0].start, box[0].stop), (box[1].start, box[1].stop)
     orientation = regionprops(comp.astype(np.uint8))[0].orientation  # central moments: crop-invariant
     return Crack(index=index, area_px=area, length_px=float(length), mean_width_px=float(w.mean()),
                  max_width_px=float(w.max()), orientation_deg=_orientation_deg(orientation),
-                 bbox=(int(x0), int(y0), int(x1), int(y1)), mm_per_px=mm_per_px, skeleton=sk)
+                 bbox=(int(x0), int(y0), int(x1), int(y1)), mm_per_px=mm_per_px, skeleton=sk,
+                 widths=on_skeleton)
 
 
 def _label_text(crack: Crack) -> str:
