@@ -35,7 +35,7 @@ def change_table(result: PairResult | None) -> pd.DataFrame:
 
 
 class CompareTab:
-    """Compares two uploaded photos with the viewer's model (one model run at a time, as the other tabs)."""
+    """Compares two uploaded photos with the viewer's model (its batches take turns with the other tabs' maps)."""
 
     def __init__(self, mapper: PhotoMapper, tmp: Path) -> None:
         self.mapper, self.tmp = mapper, tmp
@@ -49,9 +49,9 @@ class CompareTab:
         try:
             mm_per_px = parse_mm_per_px(mm)
             spec = (marker or "").strip() or None
-            predictor = self.mapper.predictor(self.mapper.base_cfg)
-            result, record, pngs = self.mapper.exclusive(compare_files, predictor, Path(before), Path(after),
-                                                         mm_per_px=mm_per_px, marker=spec)
+            predictor = self.mapper.predictor(self.mapper.base_cfg)  # its batches take turns with other maps
+            result, record, pngs = compare_files(predictor, Path(before), Path(after), mm_per_px=mm_per_px,
+                                                 marker=spec)
         except RegistrationError as exc:
             return (*empty, f"**Not one surface:** {exc}", None)
         except CracklocError as exc:

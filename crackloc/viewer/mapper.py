@@ -188,11 +188,6 @@ class PhotoMapper:
                                 f"{pixels / 1e6:.0f} MP, above this server's limit of {self.max_pixels / 1e6:g} MP "
                                 "(serve --max-pixels): use a smaller scale")
 
-    def exclusive(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run `fn` (a job that runs the model itself, e.g. a compare) as the only model run."""
-        with self._model_lock:
-            return fn(*args, **kwargs)
-
     def predictor(self, cfg: InferenceConfig) -> Predictor:
         key = json.dumps(dataclasses.asdict(cfg), sort_keys=True)
         with self._build_lock:
