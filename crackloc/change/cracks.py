@@ -18,6 +18,7 @@ components of at least `min_area` px, length along the skeleton, width by the on
 - Where it grew: the AFTER skeleton pixels farther than `tolerance` from every BEFORE crack.
 - A BEFORE crack with no AFTER crack within `tolerance` is **no longer visible** (inside the
   part of BEFORE that AFTER shows; outside it, **not in after**).
+- New AFTER cracks with gaps up to `NEW_GAP_PX` between them are one new crack (mapped in pieces).
 - A change must show in both maps (hysteresis, `FAINT_LEVEL`): an AFTER crack or added part where
   BEFORE's map was already at least `FAINT_LEVEL` is not new, and a BEFORE crack that AFTER's map
   still marks at that level is not gone; both are **unchanged**.
@@ -27,9 +28,11 @@ Ids: BEFORE's cracks keep their geometry index (raster order), new cracks are nu
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.sparse import coo_matrix
@@ -45,6 +48,7 @@ GROWN_MIN_SHARE = 0.05  # this share of the length before
 WIDENED_MIN_PX = 0.8  # mean width increase that counts as growth (binary masks resampled by a registration
 #                       differ by up to about 0.7 px on unchanged cracks)
 BRIDGE_PX = 4  # gaps up to this wide are closed before cracks are cut apart
+NEW_GAP_PX = 12  # new cracks this close to each other are one new crack mapped in pieces
 FAINT_LEVEL = 0.25  # map level below the mask level at which a crack still counts as there (hysteresis)
 STATUSES = ("new", "grown", "unchanged", "no longer visible", "not in after")
 
@@ -191,15 +195,17 @@ def compare_masks(before: np.ndarray, after: np.ndarray, *, seen: np.ndarray | N
     links = _near(new, near, labels[iy, ix], tolerance)
     links = [([m for m in found if m in label_of], close) for found, close in links]
     group = _groups([found for found, _ in links], n_labels)
-    changes, covered, next_id = {}, set(), len(old) + 1
+    changes, covered, next_id, fresh = {}, set(), len(old) + 1, []
     for g in dict.fromkeys(group.tolist()):
         members = [i for i in range(len(new)) if group[i] == g]
         was = [label_of[m] for m in sorted({m for i in members for m in links[i][0]}, key=lambda m: label_of[m].index)]
         if not was:  # lies on no BEFORE crack: new, unless BEFORE's map marked it faintly
             for i in members:
-                faint = 1 - _share(new[i], far_b) >= MATCH_SHARE
-                changes[next_id] = _new(next_id, new[i], _width_pair(new[i], mapped_after), mm_per_px, faint=faint)
-                next_id += 1
+                if 1 - _share(new[i], far_b) >= MATCH_SHARE:
+                    changes[next_id] = _new(next_id, new[i], _width_pair(new[i], mapped_after), mm_per_px, faint=True)
+                    next_id += 1
+                else:
+                    fresh.append(new[i])
             continue
         covered.update(c.index for c in was)
         sks = [(new[i].skeleton, links[i][1]) for i in members]
@@ -209,11 +215,34 @@ def compare_masks(before: np.ndarray, after: np.ndarray, *, seen: np.ndarray | N
         shown = sum(c.length_px * _share(c, seen) for c in was)  # BEFORE's length where AFTER could show it
         changes[was[0].index] = _kept([new[i] for i in members], was, shown, added, there, (mapped_before, mapped_after), tolerance,
                                       mm_per_px)
+    for piece in _pieces_of_new_cracks(fresh, before.shape):
+        changes[next_id] = _new(next_id, piece, _width_pair(piece, mapped_after), mm_per_px)
+        next_id += 1
     for crack in (c for c in old if c.index not in covered):
         status = ("unchanged" if 1 - _share(crack, far_a) >= MATCH_SHARE else "no longer visible"
                   if _share(crack, seen) >= 0.5 else "not in after")
         changes[crack.index] = _gone(crack, status, _width_pair(crack, mapped_before), mm_per_px)
     return ChangeReport([changes[k] for k in sorted(changes)], mm_per_px=mm_per_px)
+
+
+def _pieces_of_new_cracks(cracks: list[Crack], shape: tuple[int, int]) -> list[Crack]:
+    """New AFTER cracks with gaps up to `NEW_GAP_PX` between them joined into one crack each (a new crack
+    is often mapped in pieces along its line): lengths add up, skeletons and widths are concatenated."""
+    if len(cracks) < 2:
+        return cracks
+    canvas = np.zeros(shape, np.uint8)
+    for crack in cracks:
+        canvas[crack.skeleton[:, 0], crack.skeleton[:, 1]] = 1
+    r = NEW_GAP_PX // 2
+    disk = (np.hypot(*np.mgrid[-r:r + 1, -r:r + 1]) <= r).astype(np.uint8)
+    labels = ndi.label(cv2.dilate(canvas, disk), structure=np.ones((3, 3), bool))[0]  # [H,W]
+    groups: dict[int, list[Crack]] = {}
+    for crack in cracks:
+        groups.setdefault(int(labels[crack.skeleton[0, 0], crack.skeleton[0, 1]]), []).append(crack)
+    return [dataclasses.replace(g[0], length_px=sum(c.length_px for c in g), max_width_px=max(c.max_width_px for c in g),
+                                skeleton=np.concatenate([c.skeleton for c in g]),
+                                widths=np.concatenate([c.widths for c in g])) if len(g) > 1 else g[0]
+            for g in groups.values()]
 
 
 def _new(id_: int, crack: Crack, widths: tuple[float, float], mm_per_px: float | None, *,
