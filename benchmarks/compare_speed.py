@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from crackloc.change import compare as compare_module
-from crackloc.change.compare import compare_photos
+from crackloc.change.compare import compare_masks, compare_photos, register
 from crackloc.data.campaigns import make_pair
 from crackloc.inference.batch import predict_files
 from crackloc.inference.predictor import Predictor
@@ -78,7 +78,8 @@ def main() -> None:
         t_p1, _ = _timed(predict_files, predictor, [before], Path(tmp) / "p1", geometry=True, progress=False)
         spent = _split(predictor)
         t_c, _ = _timed(compare_photos, predictor, before, after, Path(tmp) / "c")
-        predictor.predict = type(predictor).predict.__get__(predictor)
+        del predictor.predict  # the class's method again
+        compare_module.register, compare_module.compare_masks = register, compare_masks
         t_p2, _ = _timed(predict_files, predictor, [before], Path(tmp) / "p2", geometry=True, progress=False)
     mean_p = (t_p1 + t_p2) / 2
     print(f"BEFORE {shape[0]}x{shape[1]} ({shape[0] * shape[1] / 1e6:.1f} MP), AFTER {pair.after.shape[0]}x"

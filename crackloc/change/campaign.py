@@ -35,6 +35,7 @@ from crackloc.inference.outputs import (
     OutputFolder,
     Outputs,
     plan_outputs,
+    png_names,
     write_pngs,
 )
 from crackloc.inference.predictor import Predictor
@@ -110,7 +111,7 @@ def _one(predictor: Predictor, before: Path, after: Path, stem: str, folder: Out
     except CracklocError as exc:
         folder.fail(str(before), failure_reason(exc, before))
         return
-    names = {f"{kind}_png": f"{stem}_{kind}.png" for kind in pngs}
+    names = png_names(stem, tuple(pngs))  # the record keys and file names predict's PNGs get
     record = {"path": str(before), "stem": stem, **record, **names}
     try:
         write_pngs(folder.out, {names[f"{k}_png"]: v for k, v in pngs.items()})

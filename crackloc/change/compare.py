@@ -27,7 +27,7 @@ from crackloc.change.register import Registration, register
 from crackloc.errors import CracklocError
 from crackloc.imageops.marker import MarkerSpec, find_marker, parse_marker
 from crackloc.inference.outputs import Outputs
-from crackloc.inference.plane import plane_scale
+from crackloc.inference.plane import marker_note, plane_scale
 from crackloc.inference.predictor import Predictor
 from crackloc.io import (
     DEFAULT_MAX_PIXELS,
@@ -142,11 +142,11 @@ def on_marker_plane(report: ChangeReport, before: np.ndarray, spec: MarkerSpec) 
     """`report` with mm on the plane of the marker BEFORE (uint8 [H,W,3]) shows, or noted as not found."""
     found = find_marker(before, spec)
     if found is None:
-        return dataclasses.replace(report, marker={"found": False, "spec": str(spec)})
+        return dataclasses.replace(report, marker=marker_note(None, spec))
     shape = before.shape[:2]
     changes = [dataclasses.replace(c, mm_per_px=None, plane_scale=plane_scale(c.skeleton, shape, found))
                for c in report.changes]
-    return dataclasses.replace(report, changes=changes, mm_per_px=None, marker={"found": True, **found.to_dict()})
+    return dataclasses.replace(report, changes=changes, mm_per_px=None, marker=marker_note(found, spec))
 
 
 def compare_photos(predictor: Predictor, before: str | Path, after: str | Path, out: str | Path, *,

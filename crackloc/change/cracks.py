@@ -196,8 +196,10 @@ def compare_masks(before: np.ndarray, after: np.ndarray, *, seen: np.ndarray | N
     links = [([m for m in found if m in label_of], close) for found, close in links]
     group = _groups([found for found, _ in links], n_labels)
     changes, covered, next_id, fresh = {}, set(), len(old) + 1, []
-    for g in dict.fromkeys(group.tolist()):
-        members = [i for i in range(len(new)) if group[i] == g]
+    groups: dict[int, list[int]] = {}  # group → its AFTER cracks, in order of first appearance
+    for i, g in enumerate(group.tolist()):
+        groups.setdefault(g, []).append(i)
+    for members in groups.values():
         was = [label_of[m] for m in sorted({m for i in members for m in links[i][0]}, key=lambda m: label_of[m].index)]
         if not was:  # lies on no BEFORE crack: new, unless BEFORE's map marked it faintly
             for i in members:
@@ -250,8 +252,7 @@ def _new(id_: int, crack: Crack, widths: tuple[float, float], mm_per_px: float |
     """An AFTER crack on no BEFORE crack: new, or (`faint`: BEFORE's map marked it below the mask level)
     unchanged, its sizes as in AFTER."""
     if faint:
-        return CrackChange(id_, "unchanged", crack.length_px, crack.length_px, 0.0, widths[0], widths[0],
-                           widths[1], widths[1], _box(crack.skeleton), mm_per_px, skeleton=crack.skeleton)
+        return _as_it_was(id_, crack, widths, mm_per_px)
     return CrackChange(id_, "new", 0.0, crack.length_px, crack.length_px, 0.0, widths[0], 0.0, widths[1],
                        _box(crack.skeleton), mm_per_px, added=crack.skeleton, skeleton=crack.skeleton)
 
@@ -260,10 +261,15 @@ def _gone(crack: Crack, status: str, widths: tuple[float, float], mm_per_px: flo
     """A BEFORE crack no AFTER crack lies on: gone (`status`), or unchanged where AFTER's map still marks
     it below the mask level (its sizes as in BEFORE)."""
     if status == "unchanged":
-        return CrackChange(crack.index, status, crack.length_px, crack.length_px, 0.0, widths[0], widths[0],
-                           widths[1], widths[1], _box(crack.skeleton), mm_per_px, skeleton=crack.skeleton)
+        return _as_it_was(crack.index, crack, widths, mm_per_px)
     return CrackChange(crack.index, status, crack.length_px, 0.0, 0.0, widths[0], 0.0, widths[1], 0.0,
                        _box(crack.skeleton), mm_per_px, skeleton=crack.skeleton)
+
+
+def _as_it_was(id_: int, crack: Crack, widths: tuple[float, float], mm_per_px: float | None) -> CrackChange:
+    """A crack one map marks and the other only faintly: unchanged, the same sizes before and after."""
+    return CrackChange(id_, "unchanged", crack.length_px, crack.length_px, 0.0, widths[0], widths[0], widths[1],
+                       widths[1], _box(crack.skeleton), mm_per_px, skeleton=crack.skeleton)
 
 
 def _share(crack: Crack, seen: np.ndarray) -> float:

@@ -45,18 +45,18 @@ def plane_scale(skeleton: np.ndarray, shape: tuple[int, int], marker: Marker) ->
     return float(marker.mm_per_px(points, tangents).mean()), float(marker.mm_per_px_across(points, normals).mean())
 
 
-def on_plane(report: CrackReport, marker: Marker) -> CrackReport:
-    """The same cracks with millimetres on the marker's plane (no re-measuring in px)."""
-    shape = (report.height, report.width)
-    cracks = [dataclasses.replace(c, mm_per_px=None, plane_scale=plane_scale(c.skeleton, shape, marker))
-              for c in report.cracks]
-    return dataclasses.replace(report, cracks=cracks, mm_per_px=None, marker={"found": True, **marker.to_dict()})
+def marker_note(marker: Marker | None, spec: MarkerSpec) -> dict:
+    """What a record says of the marker: found (and where, how large), or not found (and which was sought)."""
+    return {"found": True, **marker.to_dict()} if marker is not None else {"found": False, "spec": str(spec)}
 
 
 def measure_on_plane(report: CrackReport, image: np.ndarray, spec: MarkerSpec) -> CrackReport:
-    """`report` in mm when `image` (uint8 [H,W,3]) shows the marker; else in px, with the marker noted as
-    not found (`report.marker`), so a photo is never measured in px silently."""
+    """`report` in mm on the plane of the marker `image` (uint8 [H,W,3]) shows; else in px, with the marker
+    noted as not found (`report.marker`), so a photo is never measured in px silently."""
     marker = find_marker(image, spec)
     if marker is None:
-        return dataclasses.replace(report, marker={"found": False, "spec": str(spec)})
-    return on_plane(report, marker)
+        return dataclasses.replace(report, marker=marker_note(None, spec))
+    shape = (report.height, report.width)
+    cracks = [dataclasses.replace(c, mm_per_px=None, plane_scale=plane_scale(c.skeleton, shape, marker))
+              for c in report.cracks]
+    return dataclasses.replace(report, cracks=cracks, mm_per_px=None, marker=marker_note(marker, spec))

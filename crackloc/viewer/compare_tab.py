@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 
 from crackloc.change.compare import (
-    PairResult,
     RegistrationError,
     changes_csv,
     compare_files,
@@ -28,9 +27,9 @@ from crackloc.viewer.mapper import PhotoMapper
 log = logging.getLogger(__name__)
 
 
-def change_table(result: PairResult | None) -> pd.DataFrame:
-    """The change rows as changes.csv has them (no result: the header only)."""
-    text = changes_csv(result.report) if result is not None else crack_rows_csv([])
+def change_table(text: str | None = None) -> pd.DataFrame:
+    """The rows of a changes.csv text (None: the header only)."""
+    text = crack_rows_csv([]) if text is None else text
     return pd.DataFrame(list(csv.DictReader(io.StringIO(text))), columns=next(csv.reader(io.StringIO(text))))
 
 
@@ -43,7 +42,7 @@ class CompareTab:
     def compare(self, before: str | None, after: str | None, mm: Any, marker: str | None
                 ) -> tuple[Any, np.ndarray | None, pd.DataFrame, str, list[str] | None]:
         """Upload pair → (swipe images, change overlay, table, status, files to download)."""
-        empty = (None, None, change_table(None))
+        empty = (None, None, change_table())
         if not before or not after:
             return (*empty, "Upload a BEFORE and an AFTER photo of the same surface.", None)
         try:
@@ -61,13 +60,14 @@ class CompareTab:
             return (*empty, f"**Error:** unexpected ({type(exc).__name__})", None)
         out = self.tmp / f"compare-{record['before_sha256'][:12]}-{record['after_sha256'][:12]}"
         out.mkdir(parents=True, exist_ok=True)
-        files = [write_json(out / "changes.json", record), write_text(out / "changes.csv", changes_csv(result.report))]
+        table = changes_csv(result.report)
+        files = [write_json(out / "changes.json", record), write_text(out / "changes.csv", table)]
         counts = ", ".join(f"{n} {s}" for s, n in record["counts"].items() if n) or "no cracks"
         status = f"Registered with {result.registration.rms_px:.2f} px residual: {counts}."
         if record.get("marker") and not record["marker"]["found"]:
             status += f" Marker {spec} not found in BEFORE: lengths and widths in px only."
         swipe = (load_rgb(Path(before)), pngs["after_registered"])
-        return swipe, pngs["change_overlay"], change_table(result), status, [str(f) for f in files]
+        return swipe, pngs["change_overlay"], change_table(table), status, [str(f) for f in files]
 
     def build(self) -> None:
         """The tab's components and events (inside the page's `gr.Tabs`)."""
@@ -90,7 +90,7 @@ class CompareTab:
                                        elem_id="compare-swipe")
                 overlay = gr.Image(label="change: unchanged grey, grown orange, new red, no longer visible blue",
                                    type="numpy", format="jpeg", interactive=False, elem_id="compare-overlay")
-            table = gr.Dataframe(value=change_table(None), interactive=False, label="crack changes (as changes.csv)",
+            table = gr.Dataframe(value=change_table(), interactive=False, label="crack changes (as changes.csv)",
                                  elem_id="compare-table")
             files = gr.File(label="changes.json and changes.csv", file_count="multiple", interactive=False,
                             elem_id="compare-files")
